@@ -1,0 +1,578 @@
+"""The Case schema, its vocabularies (ISIC metadata where it has one), and the case store.
+
+The store is SQLite (WAL) plus content-addressed image files under the data home; it is the source of truth for
+cases, notes and embeddings. Splits are assigned per connected group of lesion and patient, never per image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from isic_metadata.fields import AnatomSiteGeneralEnum, DiagnosisConfirmTypeEnum, FitzpatrickSkinType
+from PIL import Image
+
+from mmcore.images import DecodedImage, encode_image
+
+# The seven HAM10000 classes the models learn, then the codes other datasets add.
+DX_CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+DX_CODES: tuple[str, ...] = (*DX_CLASSES, "scc", "other")
+DX_NAMES = {
+    "akiec": "actinic keratosis / intraepithelial carcinoma",
+    "bcc": "basal cell carcinoma",
+    "bkl": "benign keratosis-like lesion",
+    "df": "dermatofibroma",
+    "mel": "melanoma",
+    "nv": "melanocytic nevus",
+    "vasc": "vascular lesion",
+    "scc": "squamous cell carcinoma",
+    "other": "other",
+}
+# As ISIC's diagnosis hierarchy files them; actinic keratosis sits under "Indeterminate" there.
+MALIGNANCY = {
+    "akiec": "indeterminate",
+    "bcc": "malignant",
+    "bkl": "benign",
+    "df": "benign",
+    "mel": "malignant",
+    "nv": "benign",
+    "vasc": "benign",
+    "scc": "malignant",
+    "other": "indeterminate",
+}
+SEXES = ("male", "female")  # ISIC's vocabulary; None is unknown
+# ISIC anatom_site_general, plus the older ISIC value "torso" for datasets that do not say which side.
+SITES: tuple[str, ...] = (*(e.value for e in AnatomSiteGeneralEnum), "torso", "unknown")
+DX_TYPES: tuple[str, ...] = tuple(e.value for e in DiagnosisConfirmTypeEnum)
+FITZPATRICK_ROMAN = {e.value: i + 1 for i, e in enumerate(FitzpatrickSkinType)}  # "I" -> 1 ... "VI" -> 6
+DOMAINS = ("dermoscopy", "clinical", "atlas")
+SPLITS = ("train", "val", "test")
+
+
+class CaseError(ValueError):
+    """A field value does not fit the schema; the message names the field and the value."""
+
+
+@dataclass
+class Case:
+    case_id: str
+    source: str
+    dx: str
+    image_sha256: str = ""
+    image_path: str = ""  # relative to the data home
+    mask_path: str = ""
+    lesion_id: str = ""
+    patient_id: str = ""
+    malignancy: str = ""  # from dx when empty
+    age: float | None = None
+    sex: str | None = None
+    site: str = "unknown"  # ISIC anatom_site_general
+    site_detail: str = ""  # the dataset's own wording ("face", "scalp")
+    fitzpatrick: int | None = None
+    dx_type: str = ""
+    domain: str = ""
+    split: str = ""
+    notes: dict[str, str] = field(default_factory=dict)  # strategy -> text
+    findings: dict[str, Any] = field(default_factory=dict)  # ABCD attributes when known
+    extra: dict[str, Any] = field(default_factory=dict)  # the source's own fields worth keeping
+
+    def __post_init__(self) -> None:
+        if not self.malignancy and self.dx in MALIGNANCY:
+            self.malignancy = MALIGNANCY[self.dx]
+
+
+# ---- field normalisers: importers call these so every dataset speaks one vocabulary ----
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == ""
+
+
+def normalise_age(value: Any) -> float | None:
+    """Age in years; blank is unknown; negative, over 120 or non-numeric is an error."""
+    if _blank(value):
+        return None
+    try:
+        age = float(value)
+    except (TypeError, ValueError):
+        raise CaseError(f"age {value!r} is not a number") from None
+    if not 0 <= age <= 120:
+        raise CaseError(f"age {value!r} is impossible (must be 0-120)")
+    return age
+
+
+def normalise_sex(value: Any) -> str | None:
+    if _blank(value):
+        return None
+    v = str(value).strip().lower()
+    if v in ("male", "m", "man"):
+        return "male"
+    if v in ("female", "f", "woman"):
+        return "female"
+    if v in ("unknown", "nan", "none", "other", "u"):
+        return None
+    raise CaseError(f"sex {value!r} is not male, female or unknown")
+
+
+def normalise_fitzpatrick(value: Any) -> int | None:
+    """Fitzpatrick type 1-6 from 1..6, "I".."VI", "FST3", "type 4"; blank or unknown is None."""
+    if _blank(value):
+        return None
+    v = str(value).strip().upper().removeprefix("FST").removeprefix("TYPE").strip()
+    if v in FITZPATRICK_ROMAN:
+        return FITZPATRICK_ROMAN[v]
+    try:
+        n = float(v)
+    except ValueError:
+        if v in ("UNKNOWN", "NAN", "NONE", "-1", "NONE_IDENTIFIED"):
+            return None
+        raise CaseError(f"Fitzpatrick type {value!r} is not 1-6 or I-VI") from None
+    if n == -1:  # Fitzpatrick17k writes -1 for unknown
+        return None
+    if n != int(n) or not 1 <= n <= 6:
+        raise CaseError(f"Fitzpatrick type {value!r} is not 1-6")
+    return int(n)
+
+
+# Sites as datasets write them -> ISIC anatom_site_general. One visible table.
+SITE_MAP = {
+    **{s: s for s in SITES},
+    "head": "head/neck",
+    "neck": "head/neck",
+    "face": "head/neck",
+    "scalp": "head/neck",
+    "ear": "head/neck",
+    "nose": "head/neck",
+    "lip": "head/neck",
+    "forehead": "head/neck",
+    "head neck": "head/neck",
+    "head and neck": "head/neck",
+    "chest": "anterior torso",
+    "abdomen": "anterior torso",
+    "anterior torso": "anterior torso",
+    "back": "posterior torso",
+    "posterior torso": "posterior torso",
+    "trunk": "torso",
+    "buttocks": "posterior torso",
+    "arm": "upper extremity",
+    "forearm": "upper extremity",
+    "hand": "upper extremity",
+    "upper limbs": "upper extremity",
+    "upper extremity": "upper extremity",
+    "thigh": "lower extremity",
+    "leg": "lower extremity",
+    "foot": "lower extremity",
+    "lower limbs": "lower extremity",
+    "lower extremity": "lower extremity",
+    "acral": "palms/soles",
+    "palms soles": "palms/soles",
+    "palm": "palms/soles",
+    "sole": "palms/soles",
+    "genital": "oral/genital",
+    "genitalia": "oral/genital",
+    "oral genital": "oral/genital",
+    "mouth": "oral/genital",
+}
+
+
+def normalise_site(value: Any) -> tuple[str, str]:
+    """(ISIC general site, the dataset's own wording); unrecognised wording keeps its detail, site "unknown"."""
+    if _blank(value):
+        return "unknown", ""
+    detail = str(value).strip()
+    key = detail.lower().replace("_", " ").replace("/", " ").replace("-", " ")
+    key = " ".join(key.split())
+    if key in SITE_MAP:
+        return SITE_MAP[key], detail
+    if detail.lower() in SITE_MAP:
+        return SITE_MAP[detail.lower()], detail
+    return "unknown", detail
+
+
+def validate_case(case: Case) -> None:
+    """Raise CaseError when a field is outside its vocabulary."""
+    if not case.case_id:
+        raise CaseError("case_id is empty")
+    if case.dx not in DX_CODES:
+        raise CaseError(f"diagnosis {case.dx!r} is not one of {', '.join(DX_CODES)}")
+    if case.malignancy not in ("benign", "malignant", "indeterminate"):
+        raise CaseError(f"malignancy {case.malignancy!r} is not benign, malignant or indeterminate")
+    if case.sex is not None and case.sex not in SEXES:
+        raise CaseError(f"sex {case.sex!r} is not male, female or unknown")
+    if case.site not in SITES:
+        raise CaseError(f"site {case.site!r} is not an ISIC anatom_site_general value")
+    if case.fitzpatrick is not None and case.fitzpatrick not in range(1, 7):
+        raise CaseError(f"Fitzpatrick type {case.fitzpatrick!r} is not 1-6")
+    if case.age is not None and not 0 <= case.age <= 120:
+        raise CaseError(f"age {case.age!r} is impossible")
+    if case.split and case.split not in SPLITS:
+        raise CaseError(f"split {case.split!r} is not one of {', '.join(SPLITS)}")
+
+
+# ---- splits: by connected group of lesion and patient ----
+
+
+def split_of(key: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0) -> str:
+    """A stable split for a group key: the same key always lands in the same split."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    total = sum(fractions)
+    edge = 0.0
+    for name, frac in zip(SPLITS, fractions, strict=True):
+        edge += frac / total
+        if u < edge:
+            return name
+    return SPLITS[-1]
+
+
+def assign_splits(
+    cases: Iterable[Case], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
+) -> dict[str, str]:
+    """case_id -> split, keeping every image of a lesion and every lesion of a patient in one split.
+
+    Cases sharing a lesion_id or a patient_id (within one source) form a group (union-find); the group's
+    smallest key picks its split, so a group never straddles train and test.
+    """
+    cases = list(cases)
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    for c in cases:
+        node = f"case:{c.case_id}"
+        find(node)
+        if c.lesion_id:
+            union(node, f"lesion:{c.source}:{c.lesion_id}")
+        if c.patient_id:
+            union(node, f"patient:{c.source}:{c.patient_id}")
+    return {c.case_id: split_of(find(f"case:{c.case_id}"), fractions, seed) for c in cases}
+
+
+# ---- the store ----
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cases (
+    case_id TEXT PRIMARY KEY,
+    image_sha256 TEXT NOT NULL UNIQUE,
+    image_path TEXT NOT NULL,
+    mask_path TEXT NOT NULL DEFAULT '',
+    lesion_id TEXT NOT NULL DEFAULT '',
+    patient_id TEXT NOT NULL DEFAULT '',
+    dx TEXT NOT NULL,
+    malignancy TEXT NOT NULL,
+    age REAL,
+    sex TEXT,
+    site TEXT NOT NULL,
+    site_detail TEXT NOT NULL DEFAULT '',
+    fitzpatrick INTEGER,
+    dx_type TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL,
+    domain TEXT NOT NULL DEFAULT '',
+    split TEXT NOT NULL DEFAULT '',
+    split_fixed INTEGER NOT NULL DEFAULT 0,
+    findings TEXT NOT NULL DEFAULT '{}',
+    extra TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS cases_source ON cases(source);
+CREATE INDEX IF NOT EXISTS cases_split ON cases(split);
+CREATE TABLE IF NOT EXISTS notes (
+    case_id TEXT NOT NULL REFERENCES cases(case_id) ON DELETE CASCADE,
+    strategy TEXT NOT NULL,
+    text TEXT NOT NULL,
+    backend TEXT NOT NULL DEFAULT 'template',
+    PRIMARY KEY (case_id, strategy)
+);
+CREATE TABLE IF NOT EXISTS embeddings (
+    model_version TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    case_id TEXT NOT NULL REFERENCES cases(case_id) ON DELETE CASCADE,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (model_version, modality, case_id)
+);
+"""
+_COLUMNS = [f.name for f in dataclasses.fields(Case) if f.name != "notes"]
+
+
+@dataclass
+class UpsertResult:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (new case_id, stored case_id)
+
+
+class CaseStore:
+    """Cases, notes and embeddings in SQLite (WAL), images as content-addressed files under the data home."""
+
+    def __init__(self, home: str | Path) -> None:
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.home / "cases.sqlite", isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(_SCHEMA)
+        self._depth = 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> CaseStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing: an exception inside rolls back every row written since it began."""
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if outer:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if outer:
+                self._db.execute("COMMIT")
+
+    # -- files --
+
+    def put_image(self, decoded: DecodedImage, fmt: str | None = None) -> tuple[str, str]:
+        """Write the image under images/ by its pixel hash (once); returns (sha256, path relative to home)."""
+        fmt = fmt or decoded.format
+        ext = "png" if fmt == "png" else "jpg"
+        rel = f"images/{decoded.sha256[:2]}/{decoded.sha256}.{ext}"
+        self._write_once(rel, lambda: encode_image(decoded.image, fmt))
+        return decoded.sha256, rel
+
+    def put_mask(self, mask: np.ndarray, image_sha256: str) -> str:
+        """Store a binary lesion mask (H, W) as PNG beside its image's hash; returns the relative path."""
+        rel = f"masks/{image_sha256[:2]}/{image_sha256}.png"
+
+        def encode() -> bytes:
+            import io
+
+            buf = io.BytesIO()
+            Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
+            return buf.getvalue()
+
+        self._write_once(rel, encode)
+        return rel
+
+    def _write_once(self, rel: str, encode: Any) -> None:
+        path = self.home / rel
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(encode())
+        os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+    def image_path(self, case: Case) -> Path:
+        return self.home / case.image_path
+
+    def load_image(self, case: Case) -> Image.Image:
+        with Image.open(self.home / case.image_path) as img:
+            return img.convert("RGB")
+
+    def load_mask(self, case: Case) -> np.ndarray | None:
+        if not case.mask_path:
+            return None
+        with Image.open(self.home / case.mask_path) as img:
+            return np.asarray(img.convert("L")) > 127
+
+    # -- cases --
+
+    def upsert(self, cases: Iterable[Case]) -> UpsertResult:
+        """Insert or update cases in one transaction; an image already stored under another id is a duplicate."""
+        result = UpsertResult()
+        with self.transaction():
+            for case in cases:
+                validate_case(case)
+                if not case.image_sha256 or not case.image_path:
+                    raise CaseError(f"case {case.case_id} has no stored image")
+                row = self._db.execute(
+                    "SELECT case_id FROM cases WHERE image_sha256 = ?", (case.image_sha256,)
+                ).fetchone()
+                if row and row["case_id"] != case.case_id:
+                    result.duplicates.append((case.case_id, row["case_id"]))
+                    continue
+                values = self._row_values(case, split_fixed=bool(case.split))
+                old = self._db.execute("SELECT * FROM cases WHERE case_id = ?", (case.case_id,)).fetchone()
+                if old is not None and not case.split:  # a re-import without a split keeps the assigned one
+                    values["split"], values["split_fixed"] = old["split"], old["split_fixed"]
+                if old is None:
+                    cols = ", ".join(values)
+                    marks = ", ".join("?" for _ in values)
+                    self._db.execute(f"INSERT INTO cases ({cols}) VALUES ({marks})", list(values.values()))
+                    result.inserted += 1
+                elif {k: old[k] for k in values} == values:
+                    result.unchanged += 1
+                else:
+                    sets = ", ".join(f"{k} = ?" for k in values if k != "case_id")
+                    args = [v for k, v in values.items() if k != "case_id"] + [case.case_id]
+                    self._db.execute(f"UPDATE cases SET {sets} WHERE case_id = ?", args)
+                    result.updated += 1
+                if case.notes:
+                    self.set_notes((case.case_id, s, t) for s, t in case.notes.items())
+        return result
+
+    @staticmethod
+    def _row_values(case: Case, split_fixed: bool) -> dict[str, Any]:
+        values = {k: getattr(case, k) for k in _COLUMNS}
+        values["findings"] = json.dumps(case.findings, sort_keys=True)
+        values["extra"] = json.dumps(case.extra, sort_keys=True, default=str)
+        values["split_fixed"] = int(split_fixed)
+        return values
+
+    def _case_from_row(self, row: sqlite3.Row, notes: dict[str, str] | None = None) -> Case:
+        data = {k: row[k] for k in _COLUMNS}
+        data["findings"] = json.loads(data["findings"])
+        data["extra"] = json.loads(data["extra"])
+        return Case(**data, notes=notes or {})
+
+    def get(self, case_id: str, with_notes: bool = False) -> Case | None:
+        row = self._db.execute("SELECT * FROM cases WHERE case_id = ?", (case_id,)).fetchone()
+        if row is None:
+            return None
+        notes = self.notes_of(case_id) if with_notes else None
+        return self._case_from_row(row, notes)
+
+    def cases(self, with_notes: bool = False, **filters: Any) -> list[Case]:
+        """Every case matching equality filters (split="test", source="synthderm", domain=[...] for any-of)."""
+        where, args = [], []
+        for key, value in filters.items():
+            if key not in _COLUMNS:
+                raise KeyError(f"cannot filter cases by {key!r}")
+            if isinstance(value, list | tuple | set):
+                where.append(f"{key} IN ({', '.join('?' for _ in value)})")
+                args.extend(value)
+            else:
+                where.append(f"{key} = ?")
+                args.append(value)
+        sql = "SELECT * FROM cases" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY case_id"
+        rows = self._db.execute(sql, args).fetchall()
+        notes = self._all_notes() if with_notes else {}
+        return [self._case_from_row(r, notes.get(r["case_id"])) for r in rows]
+
+    def count(self, **filters: Any) -> int:
+        return len(self.cases(**filters)) if filters else self._db.execute("SELECT COUNT(*) FROM cases").fetchone()[0]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Counts by source, dx, domain and split (what `python -m mmcore cases` prints)."""
+        out: dict[str, dict[str, int]] = {}
+        for col in ("source", "dx", "domain", "split"):
+            rows = self._db.execute(f"SELECT {col} AS k, COUNT(*) AS n FROM cases GROUP BY {col} ORDER BY {col}")
+            out[col] = {(r["k"] or "(none)"): r["n"] for r in rows}
+        return out
+
+    def delete(self, case_ids: Iterable[str]) -> int:
+        with self.transaction():
+            n = 0
+            for cid in case_ids:
+                n += self._db.execute("DELETE FROM cases WHERE case_id = ?", (cid,)).rowcount
+        return n
+
+    def resplit(self, source: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0) -> Counter:
+        """(Re)assign splits by lesion/patient group for a source's cases that have no official split."""
+        with self.transaction():
+            cases = self.cases(source=source)
+            splits = assign_splits(cases, fractions, seed)
+            fixed = {r[0] for r in self._db.execute("SELECT case_id FROM cases WHERE split_fixed = 1")}
+            for cid, split in splits.items():
+                if cid not in fixed:
+                    self._db.execute("UPDATE cases SET split = ? WHERE case_id = ?", (split, cid))
+        return Counter(c.split for c in self.cases(source=source))
+
+    # -- notes --
+
+    def set_notes(self, records: Iterable[tuple[str, str, str]], backend: str = "template") -> int:
+        """Write (case_id, strategy, text) notes, replacing any earlier note of that strategy."""
+        n = 0
+        with self.transaction():
+            for case_id, strategy, text in records:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO notes (case_id, strategy, text, backend) VALUES (?, ?, ?, ?)",
+                    (case_id, strategy, text, backend),
+                )
+                n += 1
+        return n
+
+    def notes_of(self, case_id: str) -> dict[str, str]:
+        rows = self._db.execute("SELECT strategy, text FROM notes WHERE case_id = ?", (case_id,))
+        return {r["strategy"]: r["text"] for r in rows}
+
+    def notes(self, strategy: str) -> dict[str, str]:
+        """case_id -> note text for one strategy."""
+        rows = self._db.execute("SELECT case_id, text FROM notes WHERE strategy = ?", (strategy,))
+        return {r["case_id"]: r["text"] for r in rows}
+
+    def delete_notes(self, case_ids: Iterable[str], strategy: str) -> int:
+        with self.transaction():
+            return sum(
+                self._db.execute("DELETE FROM notes WHERE case_id = ? AND strategy = ?", (cid, strategy)).rowcount
+                for cid in case_ids
+            )
+
+    def note_strategies(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT strategy, COUNT(*) AS n FROM notes GROUP BY strategy ORDER BY strategy")
+        return {r["strategy"]: r["n"] for r in rows}
+
+    def _all_notes(self) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for r in self._db.execute("SELECT case_id, strategy, text FROM notes"):
+            out.setdefault(r["case_id"], {})[r["strategy"]] = r["text"]
+        return out
+
+    # -- embeddings: kept here so an index can always be rebuilt --
+
+    def put_embeddings(self, model_version: str, modality: str, case_ids: Sequence[str], vectors: np.ndarray) -> None:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if len(case_ids) != len(vectors):
+            raise ValueError(f"{len(case_ids)} ids but {len(vectors)} vectors")
+        with self.transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO embeddings (model_version, modality, case_id, vector) VALUES (?, ?, ?, ?)",
+                [(model_version, modality, cid, v.tobytes()) for cid, v in zip(case_ids, vectors, strict=True)],
+            )
+
+    def get_embeddings(self, model_version: str, modality: str) -> tuple[list[str], np.ndarray]:
+        """(case_ids, vectors (N, D) float32) in case_id order; empty when none are stored."""
+        rows = self._db.execute(
+            "SELECT case_id, vector FROM embeddings WHERE model_version = ? AND modality = ? ORDER BY case_id",
+            (model_version, modality),
+        ).fetchall()
+        if not rows:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        return [r["case_id"] for r in rows], np.stack([np.frombuffer(r["vector"], dtype=np.float32) for r in rows])
