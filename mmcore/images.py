@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -121,7 +122,12 @@ def load_image(
         except ImageRejected:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise DecompressionBomb(f"The image is too large to decode safely ({e}).") from None
+            # Pillow refuses in Image.open past its own limit, before we see the size; its message has the count.
+            found = re.search(r"\((\d+) pixels\)", str(e))
+            declared = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too many pixels"
+            raise DecompressionBomb(
+                f"The image declares {declared}; the limit is {max_pixels / 1e6:.0f} megapixels."
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
             raise CorruptImage(f"The {fmt.upper()} file is damaged or incomplete and cannot be read ({e}).") from None
 

@@ -1,0 +1,149 @@
+"""Case schema, vocabularies, the store's upsert/transaction rules and lesion/patient splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmcore.cases import (
+    SITES,
+    Case,
+    CaseError,
+    CaseStore,
+    assign_splits,
+    normalise_age,
+    normalise_fitzpatrick,
+    normalise_sex,
+    normalise_site,
+    validate_case,
+)
+from mmcore.images import load_image
+
+
+def _image_bytes(seed: int) -> bytes:
+    import io
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _case(store: CaseStore, i: int, **kw) -> Case:
+    sha, rel = store.put_image(load_image(_image_bytes(i)))
+    fields = {"case_id": f"t:{i}", "source": "t", "dx": "nv", "lesion_id": f"L{i}"} | kw
+    return Case(image_sha256=sha, image_path=rel, **fields)
+
+
+def test_isic_vocabularies():
+    assert {"head/neck", "anterior torso", "palms/soles", "unknown"} <= set(SITES)
+    assert normalise_site("scalp") == ("head/neck", "scalp")
+    assert normalise_site("lower extremity") == ("lower extremity", "lower extremity")
+    assert normalise_site("acral")[0] == "palms/soles"
+    assert normalise_site("") == ("unknown", "")
+    assert normalise_site("elbow crease") == ("unknown", "elbow crease")
+    assert normalise_fitzpatrick("IV") == 4 and normalise_fitzpatrick("3") == 3 and normalise_fitzpatrick("-1") is None
+    assert normalise_fitzpatrick("FST2") == 2 and normalise_fitzpatrick("") is None
+    assert normalise_sex("M") == "male" and normalise_sex("unknown") is None
+    assert normalise_age("45") == 45.0 and normalise_age("") is None
+
+
+@pytest.mark.parametrize(
+    ("fn", "value", "message"),
+    [
+        (normalise_age, "-3", "impossible"),
+        (normalise_age, "212", "impossible"),
+        (normalise_age, "old", "not a number"),
+        (normalise_sex, "x", "not male, female"),
+        (normalise_fitzpatrick, "7", "not 1-6"),
+        (normalise_fitzpatrick, "VII", "not 1-6"),
+    ],
+)
+def test_normalisers_name_the_problem(fn, value, message):
+    with pytest.raises(CaseError, match=message):
+        fn(value)
+
+
+def test_validate_case_and_malignancy_default():
+    case = Case(case_id="a", source="s", dx="mel")
+    assert case.malignancy == "malignant"
+    assert Case(case_id="b", source="s", dx="akiec").malignancy == "indeterminate"
+    validate_case(case)
+    with pytest.raises(CaseError, match="diagnosis 'melanoma'"):
+        validate_case(Case(case_id="c", source="s", dx="melanoma", malignancy="malignant"))
+
+
+def test_upsert_is_idempotent_and_duplicates_are_detected(tmp_path):
+    store = CaseStore(tmp_path)
+    cases = [_case(store, i) for i in range(3)]
+    assert store.upsert(cases).inserted == 3
+    again = store.upsert(cases)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 3)
+    # the same pixels under another id are a duplicate, not a new case
+    dup = _case(store, 0, case_id="t:other")
+    result = store.upsert([dup])
+    assert result.inserted == 0 and result.duplicates == [("t:other", "t:0")]
+    # changed metadata updates in place
+    changed = _case(store, 1, age=50.0)
+    assert store.upsert([changed]).updated == 1 and store.get("t:1").age == 50.0
+    assert store.count() == 3
+
+
+def test_failed_transaction_loses_nothing(tmp_path):
+    store = CaseStore(tmp_path)
+    store.upsert([_case(store, i) for i in range(2)])
+    before = [(c.case_id, c.dx, c.split) for c in store.cases()]
+    with pytest.raises(RuntimeError), store.transaction():
+        store.upsert([_case(store, 10), _case(store, 11)])
+        raise RuntimeError("disk full halfway")
+    assert [(c.case_id, c.dx, c.split) for c in store.cases()] == before
+    with pytest.raises(CaseError), store.transaction():
+        store.upsert([_case(store, 12), _case(store, 13, dx="banana")])
+    assert store.count() == 2
+
+
+def test_store_survives_reopen_and_keeps_notes_and_embeddings(tmp_path):
+    store = CaseStore(tmp_path)
+    store.upsert([_case(store, i, notes={"M": f"note {i}"}) for i in range(4)])
+    store.put_embeddings("v1", "image", ["t:0", "t:1"], np.eye(2, 8, dtype=np.float32))
+    store.close()
+    store = CaseStore(tmp_path)
+    assert store.count() == 4 and store.notes("M")["t:2"] == "note 2"
+    ids, vecs = store.get_embeddings("v1", "image")
+    assert ids == ["t:0", "t:1"] and np.array_equal(vecs, np.eye(2, 8, dtype=np.float32))
+    assert store.get("t:3", with_notes=True).notes == {"M": "note 3"}
+    assert store.load_image(store.get("t:0")).size == (16, 16)
+
+
+def test_splits_keep_lesions_and_patients_together():
+    # 300 lesions, 2-3 images each; some lesions share a patient; one image links two lesions via its patient.
+    cases = []
+    for lesion in range(300):
+        for k in range(2 + lesion % 2):
+            patient = f"P{lesion // 3}" if lesion % 5 == 0 else ""
+            cases.append(Case(case_id=f"c{lesion}-{k}", source="s", dx="nv", lesion_id=f"L{lesion}",
+                              patient_id=patient))
+    splits = assign_splits(cases)
+    by_lesion: dict[str, set[str]] = {}
+    by_patient: dict[str, set[str]] = {}
+    for c in cases:
+        by_lesion.setdefault(c.lesion_id, set()).add(splits[c.case_id])
+        if c.patient_id:
+            by_patient.setdefault(c.patient_id, set()).add(splits[c.case_id])
+    assert all(len(s) == 1 for s in by_lesion.values())
+    assert all(len(s) == 1 for s in by_patient.values())
+    counts = {s: list(splits.values()).count(s) for s in ("train", "val", "test")}
+    assert counts["train"] > counts["val"] > 0 and counts["test"] > 0
+    assert assign_splits(cases) == splits  # deterministic
+
+
+def test_resplit_keeps_official_splits(tmp_path):
+    store = CaseStore(tmp_path)
+    store.upsert([_case(store, 0, split="test"), *[_case(store, i) for i in range(1, 30)]])
+    store.resplit("t")
+    assert store.get("t:0").split == "test"
+    assert all(c.split in ("train", "val", "test") for c in store.cases())
+    # a re-import without a split keeps the assigned one
+    before = store.get("t:5").split
+    assert store.upsert([_case(store, 5)]).unchanged == 1 and store.get("t:5").split == before

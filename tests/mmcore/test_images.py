@@ -1,0 +1,176 @@
+"""Image intake: every untrusted file is accepted upright and clean, or refused with a specific message."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmcore.cases import CaseStore
+from mmcore.images import (
+    CorruptImage,
+    DecompressionBomb,
+    EmptyImage,
+    ImageTooLarge,
+    UnsupportedFormat,
+    load_image,
+    sniff_format,
+)
+
+
+def _save(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels but carries almost no data (a decompression bomb)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    idat = zlib.compress(b"\x00" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def _gradient(w: int = 64, h: int = 48) -> Image.Image:
+    arr = np.zeros((h, w, 3), dtype=np.uint8)
+    arr[..., 0] = np.linspace(0, 255, w, dtype=np.uint8)[None, :]
+    arr[..., 1] = np.linspace(0, 255, h, dtype=np.uint8)[:, None]
+    return Image.fromarray(arr)
+
+
+def test_zero_bytes_is_refused():
+    with pytest.raises(EmptyImage, match="empty"):
+        load_image(b"")
+
+
+def test_byte_cap():
+    data = _save(_gradient(), "PNG")
+    with pytest.raises(ImageTooLarge, match="limit"):
+        load_image(data, max_bytes=len(data) - 1)
+
+
+def test_truncated_jpeg_is_refused():
+    data = _save(_gradient(256, 256), "JPEG", quality=90)
+    with pytest.raises(CorruptImage, match="damaged or incomplete"):
+        load_image(data[: len(data) // 2])
+
+
+def test_png_declaring_100_megapixels_is_refused_before_decoding():
+    data = _png_declaring(10_000, 10_000)
+    assert len(data) < 2_000
+    with pytest.raises(DecompressionBomb, match="100 megapixels"):
+        load_image(data)
+
+
+def test_gif_named_png_is_refused_by_content():
+    gif = _save(_gradient(), "GIF")
+    assert sniff_format(gif) == "gif"
+    with pytest.raises(UnsupportedFormat, match="GIF"):
+        load_image(gif)
+
+
+def test_random_bytes_are_refused():
+    with pytest.raises(UnsupportedFormat, match="JPEG, PNG or HEIC"):
+        load_image(b"%PDF-1.7 not an image at all")
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    cmyk = Image.new("CMYK", (40, 30), (0, 255, 255, 0))  # pure red in CMYK
+    decoded = load_image(_save(cmyk, "JPEG", quality=95))
+    assert decoded.image.mode == "RGB" and decoded.size == (40, 30)
+    r, g, b = decoded.image.getpixel((20, 15))
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_16_bit_png_is_rescaled_not_clipped():
+    arr = np.full((20, 30), 32768, dtype=np.uint16)  # mid-grey at 16 bits
+    data = _save(Image.fromarray(arr), "PNG")
+    decoded = load_image(data)
+    assert decoded.format == "png" and decoded.image.mode == "RGB"
+    assert decoded.image.getpixel((0, 0)) == (128, 128, 128)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "1"])
+def test_any_mode_becomes_rgb(mode):
+    img = _gradient().convert(mode)
+    decoded = load_image(_save(img, "PNG"))
+    assert decoded.image.mode == "RGB" and decoded.size == img.size
+
+
+def test_transparency_is_flattened_on_white():
+    img = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
+    assert load_image(_save(img, "PNG")).image.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_exif_rotated_jpeg_is_stored_upright(tmp_path):
+    # A landscape picture with a red band at the top, saved as the camera would with orientation 6 ("rotate 90 CW").
+    arr = np.full((40, 80, 3), 200, dtype=np.uint8)
+    arr[:8] = (255, 0, 0)
+    raw = Image.fromarray(arr)
+    exif = raw.getexif()
+    exif[0x0112] = 6
+    data = _save(raw, "JPEG", quality=95, exif=exif.tobytes())
+
+    decoded = load_image(data)
+    assert decoded.size == (40, 80)  # portrait now
+    # after a 90 degree clockwise turn the top band is on the right edge
+    right = np.asarray(decoded.image)[:, -4:].reshape(-1, 3).mean(0)
+    left = np.asarray(decoded.image)[:, :4].reshape(-1, 3).mean(0)
+    assert right[0] > 200 and right[1] < 80 and left[1] > 150
+
+    store = CaseStore(tmp_path)
+    _, rel = store.put_image(decoded)
+    with Image.open(tmp_path / rel) as stored:
+        assert stored.size == (40, 80)
+        assert stored.getexif().get(0x0112) is None
+
+
+def test_comment_gps_and_exif_do_not_survive(tmp_path):
+    img = _gradient()
+    exif = img.getexif()
+    exif[0x010E] = "Jane Doe, DOB 1961-02-03"  # ImageDescription
+    exif[0x8825] = {2: (51.0, 30.0, 0.0), 1: "N"}  # GPS IFD
+    data = _save(img, "JPEG", quality=95, exif=exif.tobytes(), comment=b"Patient: Jane Doe")
+    assert b"Jane Doe" in data
+
+    decoded = load_image(data)
+    assert not decoded.image.info and not decoded.image.getexif()
+    store = CaseStore(tmp_path)
+    _, rel = store.put_image(decoded)
+    stored = (tmp_path / rel).read_bytes()
+    assert b"Jane Doe" not in stored and b"Exif" not in stored and b"GPS" not in stored
+    with Image.open(tmp_path / rel) as reopened:
+        assert "comment" not in reopened.info and "exif" not in reopened.info
+
+
+def test_same_pixels_same_id_whatever_the_metadata():
+    img = _gradient()
+    plain = load_image(_save(img, "PNG"))
+    with_text = load_image(_save(img, "PNG", pnginfo=_pnginfo("Author", "Dr X")))
+    assert plain.sha256 == with_text.sha256
+    other = load_image(_save(_gradient(65, 48), "PNG"))
+    assert other.sha256 != plain.sha256
+
+
+def _pnginfo(key: str, value: str):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(key, value)
+    return info
+
+
+def test_heic_round_trip():
+    pillow_heif = pytest.importorskip("pillow_heif")
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(_gradient()).save(buf, quality=90)
+    decoded = load_image(buf.getvalue())
+    assert decoded.format == "heic" and decoded.image.mode == "RGB" and decoded.size == (64, 48)
