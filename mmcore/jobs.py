@@ -1,0 +1,407 @@
+"""Background jobs: a table in SQLite (WAL) and, per job, a supervisor process in its own process group.
+
+`start` validates the command (argparse and config) before anything runs, then launches
+`python -m mmcore jobs run <id>`: a supervisor in a new session that runs the real command
+(`python -m mmcore <kind> ...`, or `torchrun` for multi-GPU training) as its child, writes heartbeats, the log and
+the exit code. The app only reads the table, so an app restart re-attaches to running jobs for free; `reap`
+marks jobs whose supervisor died as failed. Cancel sends SIGTERM to the group, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmcore.config import Config, ConfigError, load_config
+
+KINDS = ("import", "synth", "notes", "train", "eval", "index")
+ACTIVE = ("queued", "running", "cancelling")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    args TEXT NOT NULL,
+    user TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    pid INTEGER,
+    child_pid INTEGER,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    heartbeat REAL,
+    exit_code INTEGER,
+    error TEXT NOT NULL DEFAULT '',
+    resumed_from INTEGER
+);
+"""
+
+
+class JobError(ValueError):
+    """A job cannot be started or changed; the message says why."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: str
+    args: list[str]
+    user: str
+    status: str  # queued | running | cancelling | succeeded | failed | cancelled
+    pid: int | None
+    child_pid: int | None
+    created: float
+    started: float | None
+    finished: float | None
+    heartbeat: float | None
+    exit_code: int | None
+    error: str
+    resumed_from: int | None
+    dir: Path
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "job.log"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.dir / "run"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purposes.
+    with contextlib.suppress(OSError):
+        status = Path(f"/proc/{pid}/status").read_text()
+        if "\nState:\tZ" in status:
+            return False
+    return True
+
+
+class JobManager:
+    """The job table and launcher for one data home."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        cfg.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(cfg.jobs_dir / "jobs.sqlite", isolation_level=None, check_same_thread=False,
+                                   timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- reading --
+
+    def _job(self, row: sqlite3.Row) -> Job:
+        data = dict(row)
+        data["args"] = json.loads(data["args"])
+        return Job(**data, dir=self.cfg.jobs_dir / str(row["id"]))
+
+    def get(self, job_id: int) -> Job:
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobError(f"no job {job_id}")
+        return self._job(row)
+
+    def list(self, limit: int = 50) -> list[Job]:
+        rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [self._job(r) for r in rows]
+
+    def log_tail(self, job_id: int, lines: int = 40) -> str:
+        path = self.get(job_id).log_path
+        if not path.exists():
+            return ""
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 64_000))
+            text = f.read().decode(errors="replace")
+        return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+    def metrics(self, job_id: int) -> list[dict[str, Any]]:
+        """The run's metrics, one dict per JSON line (a half-written last line is skipped)."""
+        path = self.get(job_id).metrics_path
+        out = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    out.append(json.loads(line))
+        return out
+
+    # -- starting --
+
+    def validate(self, kind: str, args: list[str]) -> argparse.Namespace:
+        """Refuse a bad job before anything starts: unknown kind, bad arguments, bad config."""
+        from mmcore.cli import build_parser
+
+        if kind not in KINDS:
+            raise JobError(f"unknown job kind {kind!r}; choose one of {', '.join(KINDS)}")
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                ns = build_parser().parse_args([kind, *args])
+        except SystemExit:
+            reason = err.getvalue().strip().splitlines()[-1:] or [" ".join(args)]
+            raise JobError(f"bad {kind} arguments: {reason[0].split(' error: ')[-1]}") from None
+        try:
+            job_cfg = load_config(ns.config, ns.sets)
+        except ConfigError as e:
+            raise JobError(f"bad {kind} configuration: {e}") from None
+        if kind == "train":
+            self._validate_train(job_cfg)
+        return ns
+
+    @staticmethod
+    def _validate_train(cfg: Config) -> None:
+        from mmcore.cases import DX_CLASSES  # noqa: F401  (imports the vocabularies the trainer checks)
+
+        problems = []
+        if cfg.train.epochs < 1:
+            problems.append("train.epochs must be at least 1")
+        if cfg.train.batch_size < 2:
+            problems.append("train.batch_size must be at least 2 (the alignment loss needs pairs)")
+        if not 0 < cfg.train.lr < 1:
+            problems.append("train.lr must be between 0 and 1")
+        if cfg.model.image_size < 16:
+            problems.append("model.image_size must be at least 16")
+        with contextlib.suppress(ImportError):
+            from mmcore.image_encoders import IMAGE_ENCODERS
+            from mmcore.text_encoders import TEXT_ENCODERS
+
+            if cfg.model.image_encoder not in IMAGE_ENCODERS:
+                problems.append(f"unknown image encoder {cfg.model.image_encoder!r}")
+            if cfg.model.text_encoder not in TEXT_ENCODERS:
+                problems.append(f"unknown text encoder {cfg.model.text_encoder!r}")
+        if problems:
+            raise JobError("bad train configuration: " + "; ".join(problems))
+
+    def start(self, kind: str, args: list[str], user: str = "", resumed_from: int | None = None) -> Job:
+        """Validate, record and launch a job (queued when the concurrency limit is reached)."""
+        self.validate(kind, args)
+        cur = self._db.execute(
+            "INSERT INTO jobs (kind, args, user, status, created, resumed_from) VALUES (?, ?, ?, 'queued', ?, ?)",
+            (kind, json.dumps(args), user, time.time(), resumed_from),
+        )
+        job = self.get(cur.lastrowid)
+        job.dir.mkdir(parents=True, exist_ok=True)
+        self.reap()
+        return self.get(job.id)
+
+    def resume(self, job_id: int, user: str = "") -> Job:
+        """A new train job continuing the run of a failed or cancelled one from its last checkpoint."""
+        old = self.get(job_id)
+        if old.kind != "train":
+            raise JobError("only train jobs can be resumed")
+        if old.active:
+            raise JobError(f"job {job_id} is still {old.status}")
+        args = [a for a in old.args if a != "--resume"]
+        args = _strip_option(args, "--run-dir") + ["--resume", "--run-dir", str(self._run_dir_of(old))]
+        return self.start("train", args, user=user, resumed_from=job_id)
+
+    def _run_dir_of(self, job: Job) -> Path:
+        if "--run-dir" in job.args:
+            return Path(job.args[job.args.index("--run-dir") + 1])
+        return job.run_dir
+
+    def _launch(self, job: Job) -> None:
+        log = job.log_path.open("ab")
+        env = {**os.environ, "MMDERM_HOME": str(self.cfg.home), "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mmcore", "jobs", "run", str(job.id)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,  # its own process group: cancel reaches the worker, an app restart does not
+        )
+        log.close()
+        self._db.execute(
+            "UPDATE jobs SET status = 'running', pid = ?, started = ?, heartbeat = ? WHERE id = ?",
+            (proc.pid, time.time(), time.time(), job.id),
+        )
+
+    # -- supervising --
+
+    def reap(self) -> list[int]:
+        """Mark jobs whose supervisor died as failed, finish cancels past their grace, start queued jobs."""
+        marked = []
+        now = time.time()
+        for job in self.list(limit=1000):
+            if job.status in ("running", "cancelling") and not _alive(job.pid):
+                if not self._collect_exit(job):
+                    status = "cancelled" if job.status == "cancelling" else "failed"
+                    self._finish(job.id, status, error="the job's process died without reporting (killed?)")
+                    marked.append(job.id)
+            elif job.status == "cancelling" and job.finished and now - job.finished > self.cfg.jobs.cancel_grace_s:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(job.pid, signal.SIGKILL)
+        running = sum(1 for j in self.list(limit=1000) if j.status in ("running", "cancelling"))
+        for job in sorted((j for j in self.list(limit=1000) if j.status == "queued"), key=lambda j: j.id):
+            if running >= self.cfg.jobs.max_concurrent:
+                break
+            self._launch(job)
+            running += 1
+        return marked
+
+    def _collect_exit(self, job: Job) -> bool:
+        # A dead supervisor that was our child must be waited for; its status was written by itself.
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(job.pid, os.WNOHANG)
+        return self.get(job.id).status not in ACTIVE
+
+    def _finish(self, job_id: int, status: str, exit_code: int | None = None, error: str = "") -> None:
+        self._db.execute(
+            "UPDATE jobs SET status = ?, exit_code = ?, finished = ?, error = ? WHERE id = ?",
+            (status, exit_code, time.time(), error, job_id),
+        )
+
+    def cancel(self, job_id: int, wait: bool = False) -> Job:
+        """SIGTERM the job's process group; SIGKILL follows after the grace period (here or in `reap`)."""
+        job = self.get(job_id)
+        if job.status == "queued":
+            self._finish(job_id, "cancelled", error="cancelled before it started")
+            return self.get(job_id)
+        if job.status != "running":
+            raise JobError(f"job {job_id} is {job.status}, not running")
+        self._db.execute("UPDATE jobs SET status = 'cancelling', finished = ? WHERE id = ?", (time.time(), job_id))
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(job.pid, signal.SIGTERM)
+        if wait:
+            deadline = time.time() + self.cfg.jobs.cancel_grace_s
+            while time.time() < deadline and _alive(job.pid):
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(job.pid, os.WNOHANG)
+                time.sleep(0.1)
+            if _alive(job.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(job.pid, signal.SIGKILL)
+            self.reap()
+        return self.get(job_id)
+
+    def wait(self, job_id: int, timeout: float = 300) -> Job:
+        """Block until the job ends (tests and the CLI); reaps while waiting."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            self.reap()
+            job = self.get(job_id)
+            if not job.active:
+                return job
+            time.sleep(0.2)
+        raise TimeoutError(f"job {job_id} still {self.get(job_id).status} after {timeout:.0f} s")
+
+    # -- the supervisor side (runs in the job's own process group) --
+
+    def supervise(self, job_id: int) -> int:
+        """Run the job's command as a child, heartbeat, record its exit; SIGTERM is passed on to the child."""
+        job = self.get(job_id)
+        cmd = self._command(job)
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"[job {job.id}] {' '.join(cmd)}", flush=True)
+        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        self._db.execute("UPDATE jobs SET child_pid = ? WHERE id = ?", (child.pid, job.id))
+
+        cancelled = False
+
+        def on_term(signum: int, frame: object) -> None:
+            nonlocal cancelled
+            cancelled = True
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, on_term)
+        while True:
+            try:
+                code = child.wait(timeout=self.cfg.jobs.heartbeat_s)
+                break
+            except subprocess.TimeoutExpired:
+                self._db.execute("UPDATE jobs SET heartbeat = ? WHERE id = ?", (time.time(), job.id))
+        if cancelled or self.get(job_id).status == "cancelling":
+            status = "cancelled"
+        else:
+            status = "succeeded" if code == 0 else "failed"
+        error = "" if code == 0 or cancelled else f"exit code {code}" + (" (killed)" if code < 0 else "")
+        self._finish(job.id, status, exit_code=code, error=error)
+        print(f"[job {job.id}] {status} (exit code {code})", flush=True)
+        return 0 if status == "succeeded" else 1
+
+    def _command(self, job: Job) -> list[str]:
+        args = list(job.args)
+        if job.kind == "train" and "--run-dir" not in args:
+            args += ["--run-dir", str(job.run_dir)]
+        gpus = self.cfg.jobs.gpus
+        if job.kind == "train" and gpus > 1:
+            return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "-m", "mmcore",
+                    "train", *args]
+        return [sys.executable, "-m", "mmcore", job.kind, *args]
+
+
+def _strip_option(args: list[str], option: str) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == option:
+            skip = True
+            continue
+        out.append(a)
+    return out
+
+
+def cli_jobs(args: argparse.Namespace, cfg: Config) -> int:
+    from mmcore.cli import CliError, emit
+
+    manager = JobManager(cfg)
+    try:
+        if args.action == "run":  # the supervisor; started by JobManager, not by people
+            return manager.supervise(int(args.job))
+        if args.action == "start":
+            job_args = [a for a in args.job_args if a != "--"]
+            job = manager.start(args.job or "", job_args)
+            emit(args, {"id": job.id, "status": job.status}, f"job {job.id} {job.status}")
+        elif args.action == "cancel":
+            job = manager.cancel(int(args.job), wait=True)
+            emit(args, {"id": job.id, "status": job.status}, f"job {job.id} {job.status}")
+        elif args.action == "reap":
+            marked = manager.reap()
+            emit(args, {"marked_failed": marked}, f"marked failed: {marked or 'none'}")
+        elif args.action == "show":
+            job = manager.get(int(args.job))
+            emit(args, {"id": job.id, "kind": job.kind, "status": job.status, "args": job.args,
+                        "exit_code": job.exit_code, "error": job.error}, manager.log_tail(job.id))
+        else:
+            manager.reap()
+            jobs = manager.list()
+            rows = [{"id": j.id, "kind": j.kind, "status": j.status, "args": j.args} for j in jobs]
+            text = "\n".join(f"{j.id:>4}  {j.kind:<6} {j.status:<10} {' '.join(j.args)}" for j in jobs) or "no jobs"
+            emit(args, {"jobs": rows}, text)
+    except JobError as e:
+        raise CliError(str(e)) from None
+    finally:
+        manager.close()
+    return 0
