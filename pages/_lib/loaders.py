@@ -1,0 +1,57 @@
+"""The app's only cached resources: config, case store, Predictor (one per model version), job manager."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from mmcore.config import Config, load_config
+
+
+@st.cache_resource(show_spinner=False)
+def get_config() -> Config:
+    return load_config()
+
+
+@st.cache_resource(show_spinner=False)
+def get_store() -> Any:
+    from mmcore.cases import CaseStore
+
+    return CaseStore(get_config().home)
+
+
+def active_version() -> str | None:
+    from mmcore.model_store import active_version as _active
+
+    try:
+        return _active(get_config())
+    except Exception:
+        return None
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=3)
+def get_predictor(version: str) -> Any:
+    """One Predictor per model version, shared by every session (it serialises what must be serialised)."""
+    from mmcore.predictor import Predictor
+
+    return Predictor.from_config(get_config(), version=version)
+
+
+def get_active_predictor() -> Any | None:
+    version = active_version()
+    return get_predictor(version) if version else None
+
+
+@st.cache_resource(show_spinner=False)
+def get_jobs() -> Any:
+    from mmcore.jobs import JobManager
+
+    return JobManager(get_config())
+
+
+@st.cache_resource(show_spinner=False)
+def get_audit() -> Any:
+    from mmcore.audit import AuditLog
+
+    return AuditLog(get_config().audit_path)
