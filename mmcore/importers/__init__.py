@@ -1,0 +1,258 @@
+"""Dataset importers: one module per format, each a `read_<format>` generator of candidates and rejections registered
+by format name, and `import_dataset`, which decodes every image through the intake and stores the cases all or nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import inspect
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmcore.cases import CaseError, CaseStore, validate_case
+from mmcore.config import Config, DataConfig
+from mmcore.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected, load_image
+from mmcore.importers._common import READERS, Candidate, ImportFailed, Notice, Rejection
+from mmcore.importers.derm7pt import read_derm7pt
+from mmcore.importers.fitzpatrick17k import read_fitzpatrick17k
+from mmcore.importers.folder import read_folder
+from mmcore.importers.ham10000 import read_ham10000
+from mmcore.importers.isic import read_isic
+from mmcore.importers.pad_ufes_20 import read_pad_ufes_20
+from mmcore.importers.scin import read_scin
+
+__all__ = [
+    "READERS",
+    "Candidate",
+    "ImportFailed",
+    "ImportResult",
+    "Notice",
+    "Rejection",
+    "cli_import",
+    "import_dataset",
+    "read_derm7pt",
+    "read_fitzpatrick17k",
+    "read_folder",
+    "read_ham10000",
+    "read_isic",
+    "read_pad_ufes_20",
+    "read_scin",
+]
+
+_SOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass
+class ImportResult:
+    imported: int = 0  # new cases
+    updated: int = 0  # cases already stored whose fields changed
+    skipped_duplicates: int = 0  # rows already stored as they are, or whose image another case already has
+    rejected: list[Rejection] = field(default_factory=list)
+    duplicates: list[Rejection] = field(default_factory=list)  # which rows had an image stored under another case
+    warnings: list[str] = field(default_factory=list)
+    source: str = ""
+    splits: dict[str, int] = field(default_factory=dict)  # the source's cases by split, after the import
+
+    def to_json(self) -> dict[str, Any]:
+        """What `python -m mmcore import --json` prints."""
+        return {
+            "imported": self.imported,
+            "updated": self.updated,
+            "skipped_duplicates": self.skipped_duplicates,
+            "rejected": [dataclasses.asdict(r) for r in self.rejected],
+            "duplicates": [dataclasses.asdict(r) for r in self.duplicates],
+            "warnings": self.warnings,
+            "source": self.source,
+            "splits": self.splits,
+        }
+
+
+def import_dataset(
+    store: CaseStore,
+    fmt: str,
+    metadata: str | Path,
+    images: str | Path,
+    *,
+    source: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    split_fractions: Sequence[float] = DataConfig.split_fractions,
+    progress: Callable[[int, int], None] | None = None,
+    **opts: Any,
+) -> ImportResult:
+    """Read a dataset, decode every image through the intake and upsert all its cases in one transaction.
+
+    Case ids are "<source>:<the dataset's id>". Cases without an official split are split by lesion and patient
+    afterwards. ImportFailed when the input is unusable; any other error leaves the store as it was.
+    """
+    if fmt not in READERS:
+        raise ImportFailed(f"unknown format {fmt!r}; choose one of: {', '.join(READERS.names())}")
+    source = source or fmt
+    if not _SOURCE.match(source):
+        raise ImportFailed(f"source {source!r} must be letters, digits, '.', '_' or '-' (at most 64)")
+    metadata, images = Path(metadata), Path(images)
+    if not metadata.is_file():
+        raise ImportFailed(f"{metadata}: no such file")
+    if not images.is_dir():
+        raise ImportFailed(f"{images}: no such folder of images")
+    reader = READERS.get(fmt)
+    try:
+        inspect.signature(reader).bind(metadata, images, **opts)
+    except TypeError:
+        raise ImportFailed(f"the {fmt} format takes no option {', '.join(map(repr, opts))}") from None
+
+    result = ImportResult(source=source)
+    candidates: list[Candidate] = []
+    for item in reader(metadata, images, **opts):  # the whole CSV first: a wrong file fails before any image
+        if isinstance(item, Candidate):
+            candidates.append(item)
+        elif isinstance(item, Rejection):
+            result.rejected.append(item)
+        else:
+            result.warnings.append(item.message)
+
+    written: set[str] = set()
+    try:
+        staged = _stage(store, candidates, source, max_bytes, max_pixels, result, written, progress)
+        with store.transaction():  # every row or none; resplit inside so splits never see half an import
+            outcome = store.upsert(c.case for c in staged)
+            if outcome.inserted or outcome.updated:
+                store.resplit(source, split_fractions)
+    except BaseException:
+        with contextlib.suppress(Exception):  # never hide the error that got us here
+            for path in written:  # image files this import wrote that no stored case uses (after the rollback)
+                if not store.cases(image_path=path):
+                    (store.home / path).unlink(missing_ok=True)
+        raise
+
+    where = {c.case.case_id: c for c in staged}
+    result.imported, result.updated = outcome.inserted, outcome.updated
+    result.skipped_duplicates = outcome.unchanged + len(outcome.duplicates)
+    for new_id, stored_id in outcome.duplicates:
+        c = where[new_id]
+        result.duplicates.append(Rejection(c.file, c.row, f"same image as case {stored_id}, already stored"))
+    result.rejected.sort(key=lambda r: (r.file, r.row))
+    result.splits = _count_splits(store, source)
+    return result
+
+
+def _stage(
+    store: CaseStore,
+    candidates: list[Candidate],
+    source: str,
+    max_bytes: int,
+    max_pixels: int,
+    result: ImportResult,
+    written: set[str],
+    progress: Callable[[int, int], None] | None,
+) -> list[Candidate]:
+    """Decode and store each candidate's image; the candidates whose image and fields passed, ids prefixed."""
+    staged = []
+    for i, c in enumerate(candidates):
+        if progress:
+            progress(i, len(candidates))
+        case = dataclasses.replace(c.case, case_id=f"{source}:{c.case.case_id}", source=source)
+        try:
+            validate_case(case)
+            data = c.image.read_bytes()
+            decoded = load_image(data, max_bytes, max_pixels)
+        except (CaseError, ImageRejected, OSError) as e:
+            reason = str(e) if isinstance(e, CaseError) else f"image {c.image.name}: {_message(e)}"
+            result.rejected.append(Rejection(c.file, c.row, reason))
+            continue
+        sha, path = store.put_image(decoded)
+        written.add(path)
+        staged.append(dataclasses.replace(c, case=dataclasses.replace(case, image_sha256=sha, image_path=path)))
+    if progress:
+        progress(len(candidates), len(candidates))
+    return staged
+
+
+def _message(e: Exception) -> str:
+    if isinstance(e, OSError):
+        return f"cannot be read ({e.strerror or e})"
+    return str(e)
+
+
+def _count_splits(store: CaseStore, source: str) -> dict[str, int]:
+    counts = Counter(case.split or "(none)" for case in store.cases(source=source))
+    return {split: counts[split] for split in sorted(counts)}
+
+
+# ---- command line ----
+
+
+def cli_import(args: argparse.Namespace, cfg: Config) -> int:
+    """`python -m mmcore import`: import into cfg.home; exit 0 when a row was imported or already there."""
+    from mmcore.cli import CliError, emit
+
+    opts: dict[str, Any] = {}
+    if getattr(args, "labels", None):
+        opts["labels"] = Path(args.labels)
+    if getattr(args, "columns", None):
+        opts["columns"] = args.columns
+    with CaseStore(cfg.home) as store, _progress_bar(enabled=not args.json) as progress:
+        try:
+            result = import_dataset(
+                store,
+                args.format,
+                args.metadata,
+                args.images,
+                source=args.source,
+                max_bytes=cfg.intake.max_bytes,
+                max_pixels=cfg.intake.max_pixels,
+                split_fractions=cfg.data.split_fractions,
+                progress=progress,
+                **opts,
+            )
+        except ImportFailed as e:
+            raise CliError(str(e)) from None
+    emit(args, result.to_json(), _summary(result, cfg))
+    return 0 if (result.imported or result.updated or result.skipped_duplicates) else 1
+
+
+def _summary(result: ImportResult, cfg: Config, limit: int = 20) -> str:
+    lines = [
+        f"{result.source} into {cfg.home}: imported {result.imported}, updated {result.updated}, skipped"
+        f" {result.skipped_duplicates} already stored, rejected {len(result.rejected)}"
+    ]
+    if result.splits:
+        lines.append("  splits: " + ", ".join(f"{k} {v}" for k, v in result.splits.items()))
+    lines += [f"  warning: {w}" for w in result.warnings]
+    for title, items in (("rejected", result.rejected), ("duplicate images", result.duplicates)):
+        if items:
+            lines.append(f"  {title}:")
+            lines += [f"    {Path(r.file).name} row {r.row}: {r.reason}" for r in items[:limit]]
+            if len(items) > limit:
+                lines.append(f"    ... and {len(items) - limit} more (--json lists them all)")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A tqdm bar on stderr while images are decoded: none with --json, and tqdm hides it off a terminal."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar: Any = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="image", desc="importing", file=sys.stderr, disable=None)
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,652 @@
+"""Importers: each format read from fixtures in its real column layout, its label table, bad rows reported with file,
+row and reason, re-imports that add nothing, imports that fail halfway and lose nothing, lesion-grouped splits, and
+the `import` command. Fixtures: tests/fixtures/<format>/, written by tests/fixtures/make_fixtures.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from mmcore.cases import DX_CODES, SPLITS, CaseStore
+from mmcore.cli import build_parser, main
+from mmcore.images import ImageRejected, load_image
+from mmcore.importers import (
+    READERS,
+    ImportFailed,
+    ImportResult,
+    derm7pt,
+    fitzpatrick17k,
+    folder,
+    ham10000,
+    import_dataset,
+    isic,
+    pad_ufes_20,
+    scin,
+)
+from mmcore.importers._common import ImageFinder
+from mmcore.importers.folder import parse_columns
+from mmcore.importers.isic import isic_dx
+from mmcore.importers.scin import age_of_group
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FOLDER_COLUMNS = (
+    "image=file,dx=diagnosis,age=patient_age,sex=gender,site=body_site,lesion_id=lesion,patient_id=patient,"
+    "fitzpatrick=skin_type,domain=modality"
+)
+DATASETS = {  # fixture name: (format, metadata, images, options)
+    "ham10000": ("ham10000", "ham10000/HAM10000_metadata.csv", "ham10000", {}),
+    "isic": ("isic", "isic/metadata.csv", "isic/images", {}),
+    "isic_legacy": ("isic", "isic/metadata_legacy.csv", "isic/images", {"source": "isic-legacy"}),
+    "pad_ufes_20": ("pad-ufes-20", "pad_ufes_20/metadata.csv", "pad_ufes_20/images", {}),
+    "derm7pt": ("derm7pt", "derm7pt/meta/meta.csv", "derm7pt/images", {}),
+    "fitzpatrick17k": ("fitzpatrick17k", "fitzpatrick17k/fitzpatrick17k.csv", "fitzpatrick17k/images", {}),
+    "scin": ("scin", "scin/scin_cases.csv", "scin", {}),
+    "folder": ("folder", "folder/labels.csv", "folder/photos", {"columns": FOLDER_COLUMNS}),
+}
+
+
+@pytest.fixture
+def store(home: Path):
+    with CaseStore(home) as s:
+        yield s
+
+
+def run(store: CaseStore, name: str, **overrides) -> ImportResult:
+    fmt, metadata, images, opts = DATASETS[name]
+    return import_dataset(store, fmt, FIXTURES / metadata, FIXTURES / images, **{**opts, **overrides})
+
+
+def rejections(result: ImportResult) -> set[tuple[str, int, str]]:
+    return {(Path(r.file).name, r.row, r.reason) for r in result.rejected}
+
+
+def by_id(store: CaseStore, source: str) -> dict:
+    """The dataset's own id -> stored case."""
+    return {c.case_id.split(":", 1)[1]: c for c in store.cases(source=source)}
+
+
+def intake_message(data: bytes) -> str:
+    with pytest.raises(ImageRejected) as e:
+        load_image(data)
+    return str(e.value)
+
+
+# ---- one test per format: labels, fields, rejections ----
+
+
+def test_ham10000(store):
+    result = run(store, "ham10000")
+    cases = by_id(store, "ham10000")
+    assert {k: c.dx for k, c in cases.items()} == {
+        "ISIC_0027419": "bkl",
+        "ISIC_0025030": "bkl",  # in HAM10000_images_part_2
+        "ISIC_0026769": "mel",
+        "ISIC_0031633": "nv",
+        "ISIC_0029176": "vasc",
+    }
+    assert (result.imported, result.skipped_duplicates) == (5, 0)
+    not_image = intake_message(b"this is not a picture\n")
+    assert rejections(result) == {
+        ("HAM10000_metadata.csv", 7, "unknown diagnosis 'xyz'"),
+        ("HAM10000_metadata.csv", 8, "age '150.0' is impossible (must be 0-120)"),
+        ("HAM10000_metadata.csv", 9, "image ISIC_0029396.jpg not found"),
+        ("HAM10000_metadata.csv", 10, "duplicate image_id 'ISIC_0027419' (first on row 2)"),
+        ("HAM10000_metadata.csv", 11, "sex 'robot' is not male, female or unknown"),
+        ("HAM10000_metadata.csv", 12, f"image ISIC_0030001.jpg: {not_image}"),
+    }
+    nv, vasc = cases["ISIC_0031633"], cases["ISIC_0029176"]
+    assert (nv.age, nv.sex, nv.dx_type, nv.site) == (None, None, "serial imaging showing no change", "lower extremity")
+    assert (vasc.dx_type, vasc.site, vasc.site_detail) == ("single image expert consensus", "torso", "trunk")
+    mel = cases["ISIC_0026769"]
+    assert (mel.age, mel.sex, mel.lesion_id, mel.malignancy, mel.domain) == (
+        75.0,
+        "female",
+        "HAM_0002730",
+        "malignant",
+        "dermoscopy",
+    )
+    assert mel.extra == {"dataset": "rosendahl"}
+    assert store.image_path(mel).is_file() and mel.case_id == "ham10000:ISIC_0026769"
+
+
+def test_isic_new_hierarchical_columns(store):
+    result = run(store, "isic")
+    cases = by_id(store, "isic")
+    assert {k: c.dx for k, c in cases.items()} == {
+        "ISIC_9000001": "mel",  # Melanoma Invasive, Superficial spreading -> Melanoma Invasive
+        "ISIC_9000002": "nv",  # Nevus, Clark -> ... -> Nevus
+        "ISIC_9000003": "akiec",  # Squamous cell carcinoma in situ, Bowens disease (HAM's akiec holds Bowen's)
+        "ISIC_9000004": "vasc",  # Hemangioma, Cherry
+        "ISIC_9000005": "other",  # Molluscum: an ISIC diagnosis with no class of ours
+        "ISIC_9000006": "bcc",
+    }
+    assert rejections(result) == {
+        ("metadata.csv", 8, "unknown diagnosis 'Banana:Yellow fruit'"),
+        ("metadata.csv", 9, "no diagnosis"),
+        ("metadata.csv", 10, "image ISIC_9000009.jpg not found"),
+        ("metadata.csv", 11, "duplicate isic_id 'ISIC_9000001' (first on row 2)"),
+        ("metadata.csv", 12, "age '200' is impossible (must be 0-120)"),
+        ("metadata.csv", 13, "Fitzpatrick type 'VII' is not 1-6 or I-VI"),
+    }
+    assert {k: c.domain for k, c in cases.items()} == {
+        "ISIC_9000001": "dermoscopy",
+        "ISIC_9000002": "clinical",
+        "ISIC_9000003": "clinical",  # TBP tile
+        "ISIC_9000004": "dermoscopy",
+        "ISIC_9000005": "clinical",
+        "ISIC_9000006": "dermoscopy",
+    }
+    bowen = cases["ISIC_9000003"]  # anatom_site_general blank: site from anatom_site_1..3; a .png source
+    assert (bowen.site, bowen.site_detail, store.image_path(bowen).suffix) == ("head/neck", "Face", ".png")
+    first = cases["ISIC_9000001"]
+    assert (first.fitzpatrick, first.patient_id, first.lesion_id, first.dx_type) == (
+        2,
+        "IP_1",
+        "IL_1",
+        "histopathology",
+    )
+    assert first.extra["copyright_license"] == "CC-BY" and first.extra["attribution"] == "Hospital Clinic de Barcelona"
+    assert first.extra["diagnosis"].endswith("Melanoma Invasive:Melanoma Invasive, Superficial spreading")
+    assert cases["ISIC_9000005"].malignancy == "benign"  # from diagnosis_1, since "other" says nothing
+
+
+def test_isic_old_flat_columns(store):
+    result = run(store, "isic_legacy")
+    cases = by_id(store, "isic-legacy")
+    assert {k: c.dx for k, c in cases.items()} == {
+        "ISIC_0010001": "mel",
+        "ISIC_0010002": "bkl",
+        "ISIC_0010003": "bkl",  # solar lentigo
+        "ISIC_0010004": "other",  # cafe-au-lait macule: an old ISIC diagnosis with no class of ours
+        "ISIC_0010005": "other",  # AIMP
+    }
+    assert cases["ISIC_0010005"].malignancy == "indeterminate"  # from benign_malignant
+    assert cases["ISIC_0010001"].extra["melanocytic"] == "True"  # fields no importer reads are kept
+    assert rejections(result) == {
+        ("metadata_legacy.csv", 7, "unknown diagnosis 'flubber'"),
+        ("metadata_legacy.csv", 8, "image_type 'RCM: tile' is confocal microscopy, not a photograph of the skin"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("levels", "legacy", "code"),
+    [
+        (["Malignant", "Malignant melanocytic proliferations (Melanoma)", "Melanoma in situ"], "", "mel"),
+        (["Benign", "Benign melanocytic proliferations", "Nevus", "Nevus, Spitz"], "", "nv"),
+        (["Benign", "Benign melanocytic proliferations", "Lentigo simplex"], "", "nv"),  # falls back to level 2
+        (["Benign", "Benign epidermal proliferations", "Seborrheic keratosis"], "", "bkl"),
+        (["Benign", "Benign epidermal proliferations", "Clear cell acanthoma"], "", "other"),
+        (["Indeterminate", "Indeterminate epidermal proliferations", "Solar or actinic keratosis"], "", "akiec"),
+        (["Malignant", "Malignant epidermal proliferations", "Squamous cell carcinoma, Invasive"], "", "scc"),
+        (["Benign", "Benign soft tissue proliferations - Fibro-histiocytic", "Dermatofibroma"], "", "df"),
+        (["Benign", "", "", "", ""], "", "other"),
+        ([], "Benign:Benign melanocytic proliferations:Nevus", "nv"),  # fully qualified in one column
+        ([], "basal cell carcinoma", "bcc"),
+        ([], "pigmented benign keratosis", "bkl"),
+        ([], "angiokeratoma", "vasc"),
+        ([], "verruca", "other"),
+    ],
+)
+def test_isic_diagnosis_table(levels, legacy, code):
+    assert isic_dx(levels, legacy)[0] == code
+
+
+def test_pad_ufes_20(store):
+    result = run(store, "pad_ufes_20")
+    cases = by_id(store, "pad-ufes-20")
+    assert {c.extra["diagnostic"]: c.dx for c in cases.values()} == {
+        "NEV": "nv",
+        "BCC": "bcc",
+        "ACK": "akiec",
+        "SEK": "bkl",
+        "MEL": "mel",
+        "SCC": "scc",
+    }
+    assert rejections(result) == {
+        ("metadata.csv", 8, "unknown diagnostic 'XYZ'"),
+        ("metadata.csv", 9, "age '130' is impossible (must be 0-120)"),
+        ("metadata.csv", 10, "image PAT_997_2002_102.png not found"),
+        ("metadata.csv", 11, "duplicate img_id 'PAT_46_881_939.png' (first on row 3)"),
+        ("metadata.csv", 12, "Fitzpatrick type '9.0' is not 1-6"),
+    }
+    bcc = cases["PAT_46_881_939.png"]
+    assert (bcc.patient_id, bcc.lesion_id, bcc.sex, bcc.fitzpatrick, bcc.site, bcc.site_detail, bcc.domain) == (
+        "PAT_46",
+        "881",
+        "female",
+        3,
+        "head/neck",
+        "NECK",
+        "clinical",
+    )
+    assert bcc.dx_type == "histopathology"
+    assert {k: bcc.extra[k] for k in ("itch", "grew", "hurt", "changed", "bleed", "elevation")} == {
+        "itch": True,
+        "grew": True,
+        "hurt": False,
+        "changed": True,
+        "bleed": True,
+        "elevation": True,
+    }
+    assert (bcc.extra["diameter_1_mm"], bcc.extra["diameter_2_mm"], bcc.extra["smoke"]) == (6.0, 5.0, False)
+    scc = cases["PAT_795_1508_202.png"]  # UNK is unknown, not an error
+    assert (scc.sex, scc.fitzpatrick) == (None, None)
+    assert cases["PAT_1516_1765_530.png"].dx_type == "single contributor clinical assessment"  # not biopsied
+
+
+def test_derm7pt_two_views_per_lesion_and_official_split(store):
+    result = run(store, "derm7pt")
+    cases = by_id(store, "derm7pt")
+    assert set(cases) == {f"{n}-{v}" for n in (1, 2, 3, 4, 5, 6) for v in ("clin", "derm")} | {"8-derm"}
+    assert {c.lesion_id: c.dx for c in cases.values()} == {
+        "1": "bcc",
+        "2": "mel",  # melanoma (less than 0.76 mm)
+        "3": "nv",  # clark nevus
+        "4": "bkl",  # seborrheic keratosis
+        "5": "nv",  # reed or spitz nevus
+        "6": "bkl",  # lentigo
+        "8": "df",
+    }
+    assert {k: c.domain for k, c in cases.items() if k.startswith("1-")} == {
+        "1-clin": "clinical",
+        "1-derm": "dermoscopy",
+    }
+    official = {"1": "train", "2": "test", "3": "train", "4": "val", "5": "test", "6": "train", "8": "train"}
+    assert {k: c.split for k, c in cases.items()} == {k: official[k.split("-")[0]] for k in cases}
+    assert rejections(result) == {
+        ("meta.csv", 8, "unknown diagnosis 'banana lesion'"),
+        ("meta.csv", 9, "image Kbl/Kbl001.jpg not found (clin)"),
+        ("meta.csv", 10, "duplicate case_num '2' (first on row 3)"),
+        ("test_indexes.csv", 4, "index 99 is not a data row of meta.csv"),
+    }
+    mel = cases["2-derm"]
+    assert mel.findings == {
+        "pigment_network": "atypical",
+        "streaks": "irregular",
+        "pigmentation": "localized irregular",
+        "regression_structures": "blue areas",
+        "dots_and_globules": "irregular",
+        "blue_whitish_veil": "present",
+        "vascular_structures": "absent",
+        "seven_point_score": 4,
+    }
+    assert (mel.sex, mel.site, mel.dx_type, mel.extra["diagnosis"]) == (
+        "male",
+        "posterior torso",
+        "histopathology",
+        "melanoma (less than 0.76 mm)",
+    )
+    assert cases["6-clin"].site == "oral/genital"  # "genital areas"
+
+
+def test_derm7pt_without_index_files_splits_by_lesion(store, tmp_path):
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    shutil.copy(FIXTURES / "derm7pt/meta/meta.csv", meta / "meta.csv")
+    result = import_dataset(store, "derm7pt", meta / "meta.csv", FIXTURES / "derm7pt/images")
+    assert len(result.warnings) == 1 and "train_indexes.csv" in result.warnings[0]
+    splits = defaultdict(set)
+    for case in store.cases(source="derm7pt"):
+        splits[case.lesion_id].add(case.split)
+    assert all(len(s) == 1 and s <= set(SPLITS) for s in splits.values())
+
+
+def test_fitzpatrick17k(store):
+    result = run(store, "fitzpatrick17k")
+    cases = store.cases(source="fitzpatrick17k")
+    assert {c.extra["label"]: c.dx for c in cases} == {
+        "drug induced pigmentary changes": "other",
+        "melanoma": "mel",
+        "basal cell carcinoma": "bcc",
+        "squamous cell carcinoma": "scc",
+        "actinic keratosis": "akiec",
+        "seborrheic keratosis": "bkl",
+        "pyogenic granuloma": "vasc",
+        "nevocytic nevus": "nv",
+        "kaposi sarcoma": "other",
+    }
+    assert {c.extra["label"]: c.fitzpatrick for c in cases}["actinic keratosis"] is None  # -1 is unknown
+    assert {c.extra["label"]: c.malignancy for c in cases}["kaposi sarcoma"] == "malignant"
+    assert all(c.domain == "atlas" for c in cases)
+    missing = fitzpatrick17k_md5("j")
+    assert rejections(result) == {
+        ("fitzpatrick17k.csv", 11, f"image {missing}.jpg not found"),
+        ("fitzpatrick17k.csv", 12, f"duplicate md5hash '{fitzpatrick17k_md5('b')}' (first on row 3)"),
+        ("fitzpatrick17k.csv", 13, "Fitzpatrick type '7' is not 1-6"),
+        ("fitzpatrick17k.csv", 14, "quality control marks the label wrong (qc '3 Wrongly labelled')"),
+    }
+
+
+def fitzpatrick17k_md5(seed: str) -> str:
+    """The md5hash make_fixtures.py gives a Fitzpatrick17k fixture row."""
+    return hashlib.md5(seed.encode()).hexdigest()
+
+
+def test_scin(store):
+    result = run(store, "scin")
+    cases = by_id(store, "scin")
+    case1 = "-1000600354148496558"
+    assert {k: c.dx for k, c in cases.items()} == {
+        f"{case1}_1": "mel",
+        f"{case1}_2": "mel",
+        f"{case1}_3": "mel",
+        "1002039107727665188_1": "other",  # Eczema
+        "-2003358831658393077_1": "bkl",  # SK/ISK; its image 2 is case 1's picture again
+        "4003844406100696311_1": "bcc",  # a 0.5/0.5 tie: the first written wins
+    }
+    assert all(c.lesion_id == k.rsplit("_", 1)[0] for k, c in cases.items())
+    assert (result.imported, result.skipped_duplicates) == (6, 1)
+    assert [(Path(d.file).name, d.row) for d in result.duplicates] == [("scin_cases.csv", 4)]
+    assert f"scin:{case1}_1" in result.duplicates[0].reason
+    assert rejections(result) == {
+        ("scin_cases.csv", 5, "no dermatologist label (not gradable)"),
+        ("scin_cases.csv", 6, "image dataset/images/4003844406100696311_2.png not found"),
+        ("scin_cases.csv", 7, "duplicate case_id '1002039107727665188' (first on row 3)"),
+        ("scin_cases.csv", 8, "age 155.0 is impossible (must be 0-120)"),
+        ("scin_cases.csv", 9, "case_id '6973872028150293734' has no row in scin_labels.csv"),
+        ("scin_labels.csv", 8, "case_id '999' is not in scin_cases.csv"),
+    }
+    first = cases[f"{case1}_1"]
+    assert (first.age, first.sex, first.site, first.domain) == (35.0, "female", "lower extremity", "clinical")
+    assert first.fitzpatrick == 4  # the dermatologist's FST4 over the self-reported FST3
+    assert cases["4003844406100696311_1"].fitzpatrick == 5  # no dermatologist label: self-reported
+    eczema = cases["1002039107727665188_1"]
+    assert (eczema.age, eczema.sex, eczema.fitzpatrick) == (None, None, None)
+    assert eczema.extra["condition_symptoms"] == ["itching"] and first.extra["shot_type"] == "CLOSE_UP"
+
+
+@pytest.mark.parametrize(
+    ("group", "age"), [("AGE_30_TO_39", 35.0), ("AGE_18_TO_29", 24.0), ("AGE_80_OR_ABOVE", 85.0), ("AGE_UNKNOWN", None)]
+)
+def test_scin_age_groups(group, age):
+    assert age_of_group(group) == age
+
+
+def test_scin_needs_its_labels_file(store, tmp_path):
+    shutil.copy(FIXTURES / "scin/scin_cases.csv", tmp_path / "scin_cases.csv")
+    with pytest.raises(ImportFailed, match="scin_labels.csv"):
+        import_dataset(store, "scin", tmp_path / "scin_cases.csv", FIXTURES / "scin")
+    labels = FIXTURES / "scin/scin_labels.csv"
+    result = import_dataset(store, "scin", tmp_path / "scin_cases.csv", FIXTURES / "scin", labels=labels)
+    assert result.imported == 6
+
+
+def test_folder(store):
+    result = run(store, "folder")
+    cases = by_id(store, "folder")
+    assert {k: c.dx for k, c in cases.items()} == {
+        "a/lesion1.jpg": "mel",  # melanoma
+        "a/lesion1_followup.jpg": "mel",  # MEL
+        "b/x.png": "bcc",  # Basal cell carcinoma
+        "c.jpg": "nv",
+    }
+    assert rejections(result) == {
+        ("labels.csv", 6, "unknown diagnosis 'unicorn'"),
+        ("labels.csv", 7, "image e.jpg not found"),
+    }
+    first = cases["a/lesion1.jpg"]
+    assert (first.age, first.sex, first.site, first.fitzpatrick, first.lesion_id, first.patient_id, first.domain) == (
+        61.0,
+        "female",
+        "posterior torso",
+        2,
+        "L1",
+        "P1",
+        "dermoscopy",
+    )
+    assert first.extra["comment"] == "first visit"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (None, "needs --columns"),
+        ("image=file", "dx"),
+        ("image=file,dx=diagnosis,colour=c", "unknown field 'colour'"),
+        ("image=file,dx", "field=COLUMN"),
+    ],
+)
+def test_folder_columns_spec(spec, message):
+    with pytest.raises(ImportFailed, match=message):
+        parse_columns(spec)
+
+
+@pytest.mark.parametrize("module", [ham10000, isic, pad_ufes_20, derm7pt, fitzpatrick17k, scin, folder])
+def test_every_label_table_maps_to_our_codes(module):
+    assert module.LABELS and set(module.LABELS.values()) <= set(DX_CODES)
+    assert all(key == " ".join(key.lower().split()) for key in module.LABELS)  # keyed as label_key() looks up
+
+
+# ---- the framework: re-import, updates, atomicity, splits ----
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_reimport_adds_nothing(store, name):
+    first = run(store, name)
+    stored = store.cases()
+    second = run(store, name)
+    assert (second.imported, second.updated) == (0, 0)
+    assert second.skipped_duplicates == first.imported + first.skipped_duplicates > 0
+    assert rejections(second) == rejections(first)
+    assert store.cases() == stored
+
+
+def test_changed_row_is_updated_and_keeps_its_split(store, tmp_path):
+    run(store, "ham10000")
+    before = by_id(store, "ham10000")["ISIC_0026769"]
+    csv = (FIXTURES / "ham10000/HAM10000_metadata.csv").read_text()
+    edited = tmp_path / "HAM10000_metadata.csv"
+    edited.write_text(csv.replace("ISIC_0026769,mel,histo,75.0", "ISIC_0026769,mel,histo,76.0"))
+    result = import_dataset(store, "ham10000", edited, FIXTURES / "ham10000")
+    after = by_id(store, "ham10000")["ISIC_0026769"]
+    assert (result.imported, result.updated, result.skipped_duplicates) == (0, 1, 4)
+    assert (after.age, after.split) == (76.0, before.split)
+
+
+def _snapshot(store: CaseStore) -> tuple[list, set[Path]]:
+    return store.cases(with_notes=True), {p for p in (store.home / "images").rglob("*") if p.is_file()}
+
+
+def test_import_failing_while_storing_the_third_row_changes_nothing(store, monkeypatch):
+    run(store, "ham10000")
+    before = _snapshot(store)
+    calls = {"n": 0}
+    row_values = CaseStore._row_values
+
+    def fail_on_third(case, split_fixed):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("disk full")
+        return row_values(case, split_fixed)
+
+    monkeypatch.setattr(CaseStore, "_row_values", staticmethod(fail_on_third))
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(store, "pad_ufes_20")
+    assert calls["n"] == 3  # two PAD-UFES-20 rows were written before the failure, then rolled back
+    assert _snapshot(store) == before
+    assert store.count(source="pad-ufes-20") == 0
+
+
+def test_import_failing_after_its_last_row_while_splitting_changes_nothing(store, monkeypatch):
+    """Rows and splits are one transaction: a failure in resplit takes every row of the import back."""
+    run(store, "ham10000")
+    before = _snapshot(store)
+
+    def broken_resplit(*args, **kwargs):
+        raise RuntimeError("split failed")
+
+    monkeypatch.setattr(store, "resplit", broken_resplit)
+    with pytest.raises(RuntimeError, match="split failed"):
+        run(store, "fitzpatrick17k")
+    assert _snapshot(store) == before
+
+
+def test_import_failing_while_decoding_the_third_image_changes_nothing(store, monkeypatch):
+    import mmcore.importers as importers
+
+    run(store, "ham10000")
+    before = _snapshot(store)
+    calls = {"n": 0}
+
+    def fail_on_third(data, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return load_image(data, *args)
+
+    monkeypatch.setattr(importers, "load_image", fail_on_third)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(store, "isic")
+    assert _snapshot(store) == before  # the two images already written are gone again
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_every_image_of_a_lesion_or_patient_lands_in_one_split(store, name):
+    run(store, name)
+    by_group = defaultdict(set)
+    for case in store.cases():
+        assert case.split in SPLITS
+        if case.lesion_id:
+            by_group["lesion", case.lesion_id].add(case.split)
+        if case.patient_id:
+            by_group["patient", case.patient_id].add(case.split)
+    assert all(len(splits) == 1 for splits in by_group.values()), dict(by_group)
+
+
+# ---- unusable input and awkward CSVs ----
+
+
+def test_unusable_input_fails_with_one_line(store, tmp_path):
+    ham = FIXTURES / "ham10000/HAM10000_metadata.csv"
+    (tmp_path / "other.csv").write_text("foo,bar\n1,2\n")
+    (tmp_path / "header_only.csv").write_text(ham.read_text().splitlines()[0] + "\n")
+    (tmp_path / "binary.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00")
+    cases = [
+        (dict(fmt="ham10000", metadata=tmp_path / "absent.csv"), "no such file"),
+        (dict(fmt="ham10000", metadata=tmp_path / "other.csv"), "no column of a ham10000 metadata file"),
+        (dict(fmt="pad-ufes-20", metadata=ham), "lacks the column(s) img_id, diagnostic"),
+        (dict(fmt="ham10000", metadata=tmp_path / "header_only.csv"), "no rows of data"),
+        (dict(fmt="ham10000", metadata=tmp_path / "binary.csv"), "not a CSV text file"),
+        (dict(fmt="ham10000", metadata=ham, images=tmp_path / "nowhere"), "no such folder"),
+        (dict(fmt="ham10000", metadata=ham, labels="x.csv"), "takes no option 'labels'"),
+        (dict(fmt="dicom", metadata=ham), "unknown format 'dicom'"),
+        (dict(fmt="ham10000", metadata=ham, source="../evil"), "source"),
+    ]
+    for kwargs, message in cases:
+        kwargs.setdefault("images", FIXTURES / "ham10000")
+        with pytest.raises(ImportFailed) as e:
+            import_dataset(store, kwargs.pop("fmt"), kwargs.pop("metadata"), kwargs.pop("images"), **kwargs)
+        assert message in str(e.value) and "\n" not in str(e.value)
+    assert store.count() == 0
+
+
+def test_row_numbers_are_spreadsheet_rows(store, tmp_path):
+    """Header is row 1; a blank line is a row; a quoted cell spanning two lines is still one row."""
+    csv = (
+        "lesion_id,image_id,dx,dx_type,age,sex,localization\n"
+        "HAM_1,ISIC_0027419,bkl,histo,80,male,scalp\n"
+        "\n"
+        'HAM_2,ISIC_0026769,xyz,histo,75,female,"upper\nback"\n'
+        "HAM_3,ISIC_0029176,vasc,histo,45,female,trunk,surplus\n"
+        "HAM_4,ISIC_0025030;bkl\n"
+    )
+    (tmp_path / "meta.csv").write_text(csv)
+    result = import_dataset(store, "ham10000", tmp_path / "meta.csv", FIXTURES / "ham10000")
+    assert rejections(result) == {
+        ("meta.csv", 4, "unknown diagnosis 'xyz'"),
+        ("meta.csv", 5, "the row has 8 cells but the header has 7"),
+        ("meta.csv", 6, "diagnosis is empty"),
+    }
+    assert result.imported == 1
+
+
+def test_semicolon_csv_with_bom_and_capitalised_header(store, tmp_path):
+    csv = "\ufeffLesion_ID;Image_ID;DX;Age\nHAM_1;ISIC_0027419;bkl;80\n"
+    (tmp_path / "meta.csv").write_text(csv, encoding="utf-8")
+    result = import_dataset(store, "ham10000", tmp_path / "meta.csv", FIXTURES / "ham10000")
+    assert result.imported == 1 and result.rejected == []
+
+
+def test_image_paths_never_leave_the_images_folder(tmp_path):
+    inside = tmp_path / "images"
+    (inside / "sub").mkdir(parents=True)
+    (inside / "sub" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    finder = ImageFinder(inside, depth=1)
+    assert finder.by_path("sub/a.jpg") == (inside / "sub" / "a.jpg").resolve()
+    assert finder.by_path("a.jpg") == inside / "sub" / "a.jpg"  # found by name one folder down
+    assert finder.by_path("../secret.jpg") is None
+    assert finder.by_path(str(tmp_path / "secret.jpg")) is None
+
+
+def test_readers_are_registered_under_the_cli_format_names():
+    parser = build_parser()
+    for name in READERS.names():
+        args = parser.parse_args(["import", "--format", name, "--metadata", "m.csv", "--images", "."])
+        assert READERS.get(args.format) is not None
+
+
+# ---- the command line ----
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["import", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_json(home, capsys):
+    args = ["--format", "ham10000", "--metadata", str(FIXTURES / "ham10000/HAM10000_metadata.csv")]
+    args += ["--images", str(FIXTURES / "ham10000"), "--json"]
+    code, out, _ = _cli(capsys, *args)
+    payload = json.loads(out)
+    assert code == 0 and out.count("\n") == 1
+    assert (payload["imported"], payload["skipped_duplicates"], len(payload["rejected"])) == (5, 0, 6)
+    assert all(set(r) == {"file", "row", "reason"} for r in payload["rejected"])
+    assert all(isinstance(r["row"], int) and isinstance(r["reason"], str) for r in payload["rejected"])
+    assert {r["row"] for r in payload["rejected"]} == {7, 8, 9, 10, 11, 12}
+    with CaseStore(home) as store:
+        assert store.count(source="ham10000") == 5
+
+    code, out, _ = _cli(capsys, *args)
+    assert code == 0 and (json.loads(out)["imported"], json.loads(out)["skipped_duplicates"]) == (0, 5)
+
+
+def test_cli_summary_and_options(home, capsys):
+    args = ["--format", "folder", "--metadata", str(FIXTURES / "folder/labels.csv")]
+    args += ["--images", str(FIXTURES / "folder/photos"), "--columns", FOLDER_COLUMNS, "--source", "clinic-a"]
+    code, out, _ = _cli(capsys, *args)
+    assert code == 0
+    assert out.startswith(f"clinic-a into {home}: imported 4, updated 0, skipped 0 already stored, rejected 2\n")
+    assert "labels.csv row 6: unknown diagnosis 'unicorn'" in out
+
+
+def test_cli_unrecognisable_csv_exits_2_with_one_line(home, capsys, tmp_path):
+    (tmp_path / "other.csv").write_text("foo,bar\n1,2\n")
+    code, out, err = _cli(capsys, "--format", "isic", "--metadata", str(tmp_path / "other.csv"), "--images", ".")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and "no column of a isic metadata file" in err
+
+
+def test_cli_missing_metadata_exits_2_without_traceback(home, tmp_path):
+    env = {**os.environ, "MMDERM_HOME": str(home)}
+    args = ["--format", "pad-ufes-20", "--metadata", str(tmp_path / "absent.csv"), "--images", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmcore", "import", *args, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr == f"error: {tmp_path / 'absent.csv'}: no such file\n"
