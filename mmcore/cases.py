@@ -121,7 +121,7 @@ def normalise_sex(value: Any) -> str | None:
         return "male"
     if v in ("female", "f", "woman"):
         return "female"
-    if v in ("unknown", "nan", "none", "other", "u"):
+    if v in ("unknown", "unk", "nan", "none", "other", "u", "not_specified", "none_selected"):
         return None
     raise CaseError(f"sex {value!r} is not male, female or unknown")
 
@@ -136,7 +136,7 @@ def normalise_fitzpatrick(value: Any) -> int | None:
     try:
         n = float(v)
     except ValueError:
-        if v in ("UNKNOWN", "NAN", "NONE", "-1", "NONE_IDENTIFIED"):
+        if v in ("UNKNOWN", "UNK", "NAN", "NONE", "-1", "NONE_IDENTIFIED", "NONE_SELECTED"):
             return None
         raise CaseError(f"Fitzpatrick type {value!r} is not 1-6 or I-VI") from None
     if n == -1:  # Fitzpatrick17k writes -1 for unknown
@@ -245,6 +245,12 @@ def assign_splits(
     Cases sharing a lesion_id or a patient_id (within one source) form a group (union-find); the group's
     smallest key picks its split, so a group never straddles train and test.
     """
+    groups = assign_groups(cases)
+    return {cid: split_of(g, fractions, seed) for cid, g in groups.items()}
+
+
+def assign_groups(cases: Iterable[Case]) -> dict[str, str]:
+    """case_id -> group key: the connected component of shared lesion_id and patient_id (union-find)."""
     cases = list(cases)
     parent: dict[str, str] = {}
 
@@ -267,7 +273,7 @@ def assign_splits(
             union(node, f"lesion:{c.source}:{c.lesion_id}")
         if c.patient_id:
             union(node, f"patient:{c.source}:{c.patient_id}")
-    return {c.case_id: split_of(find(f"case:{c.case_id}"), fractions, seed) for c in cases}
+    return {c.case_id: find(f"case:{c.case_id}") for c in cases}
 
 
 # ---- the store ----
@@ -369,7 +375,11 @@ class CaseStore:
     # -- files --
 
     def put_image(self, decoded: DecodedImage, fmt: str | None = None) -> tuple[str, str]:
-        """Write the image under images/ by its pixel hash (once); returns (sha256, path relative to home)."""
+        """Write the image under images/ by its pixel hash (once); returns (sha256, path relative to home).
+
+        The hash identifies the decoded upload (what the user gave, whatever its metadata); a JPEG or HEIC source
+        is stored as a quality-95 JPEG, so the stored file's pixels may differ from the hashed ones by re-encoding.
+        """
         fmt = fmt or decoded.format
         ext = "png" if fmt == "png" else "jpg"
         rel = f"images/{decoded.sha256[:2]}/{decoded.sha256}.{ext}"
@@ -505,14 +515,23 @@ class CaseStore:
         return n
 
     def resplit(self, source: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0) -> Counter:
-        """(Re)assign splits by lesion/patient group for a source's cases that have no official split."""
+        """Give a split to a source's cases that have none, by lesion/patient group.
+
+        A case never moves once it has a split (models trained earlier rely on their test set staying test):
+        a new image of a lesion or patient already stored joins that group's split.
+        """
         with self.transaction():
             cases = self.cases(source=source)
-            splits = assign_splits(cases, fractions, seed)
-            fixed = {r[0] for r in self._db.execute("SELECT case_id FROM cases WHERE split_fixed = 1")}
-            for cid, split in splits.items():
-                if cid not in fixed:
-                    self._db.execute("UPDATE cases SET split = ? WHERE case_id = ?", (split, cid))
+            groups = assign_groups(cases)
+            group_split: dict[str, str] = {}
+            for c in cases:
+                if c.split:
+                    group_split.setdefault(groups[c.case_id], c.split)
+            for c in cases:
+                if not c.split:
+                    g = groups[c.case_id]
+                    split = group_split.setdefault(g, split_of(g, fractions, seed))
+                    self._db.execute("UPDATE cases SET split = ? WHERE case_id = ?", (split, c.case_id))
         return Counter(c.split for c in self.cases(source=source))
 
     # -- notes --

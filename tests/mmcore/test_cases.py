@@ -147,3 +147,20 @@ def test_resplit_keeps_official_splits(tmp_path):
     # a re-import without a split keeps the assigned one
     before = store.get("t:5").split
     assert store.upsert([_case(store, 5)]).unchanged == 1 and store.get("t:5").split == before
+
+
+def test_stored_splits_never_move_and_new_images_join_their_lesion(tmp_path):
+    store = CaseStore(tmp_path)
+    store.upsert([_case(store, i, lesion_id=f"L{i}") for i in range(40)])
+    store.resplit("t")
+    before = {c.case_id: c.split for c in store.cases()}
+    # new images of stored lesions, and one that links two stored lesions through a patient
+    extra = [_case(store, 100 + i, lesion_id=f"L{i}") for i in range(10)]
+    extra.append(_case(store, 200, lesion_id="L20", patient_id="P1"))
+    extra.append(_case(store, 201, lesion_id="L21", patient_id="P1"))
+    store.upsert(extra)
+    store.resplit("t")
+    after = {c.case_id: c.split for c in store.cases()}
+    assert all(after[cid] == split for cid, split in before.items())
+    for i in range(10):
+        assert after[f"t:{100 + i}"] == after[f"t:{i}"]
