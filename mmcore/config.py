@@ -43,6 +43,7 @@ class ModelConfig:
 class LossConfig:
     ce_image: float = 1.0
     ce_text: float = 1.0
+    ce_fused: float = 1.0  # only for learned fusions (gated, concat_mlp), whose weights only the fused logits reach
     cosine: float = 1.0
     l1: float = 1.0
     ntxent: float = 0.5
