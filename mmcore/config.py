@@ -90,6 +90,7 @@ class IndexConfig:
     ef_search: int = 128
     max_neighbors: int = 32
     exact_rerank: bool = True
+    text_strategy: str = "P1"  # which note of each case the text collection holds
 
 
 @dataclass(frozen=True)
