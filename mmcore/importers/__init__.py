@@ -97,27 +97,8 @@ def import_dataset(
     source = source or fmt
     if not _SOURCE.match(source):
         raise ImportFailed(f"source {source!r} must be letters, digits, '.', '_' or '-' (at most 64)")
-    metadata, images = Path(metadata), Path(images)
-    if not metadata.is_file():
-        raise ImportFailed(f"{metadata}: no such file")
-    if not images.is_dir():
-        raise ImportFailed(f"{images}: no such folder of images")
-    reader = READERS.get(fmt)
-    try:
-        inspect.signature(reader).bind(metadata, images, **opts)
-    except TypeError:
-        raise ImportFailed(f"the {fmt} format takes no option {', '.join(map(repr, opts))}") from None
-
     result = ImportResult(source=source)
-    candidates: list[Candidate] = []
-    for item in reader(metadata, images, **opts):  # the whole CSV first: a wrong file fails before any image
-        if isinstance(item, Candidate):
-            candidates.append(item)
-        elif isinstance(item, Rejection):
-            result.rejected.append(item)
-        else:
-            result.warnings.append(item.message)
-
+    candidates = _read_rows(fmt, metadata, images, result, **opts)  # the whole CSV first: fails before any image
     written: set[str] = set()
     try:
         staged = _stage(store, candidates, source, max_bytes, max_pixels, result, written, progress)
@@ -141,6 +122,50 @@ def import_dataset(
     result.rejected.sort(key=lambda r: (r.file, r.row))
     result.splits = _count_splits(store, source)
     return result
+
+
+def _read_rows(fmt: str, metadata: str | Path, images: str | Path, result: ImportResult, **opts: Any) -> list[Candidate]:
+    """Run the format's reader over the whole CSV: candidates returned, rejections and warnings into `result`."""
+    metadata, images = Path(metadata), Path(images)
+    if not metadata.is_file():
+        raise ImportFailed(f"{metadata}: no such file")
+    if not images.is_dir():
+        raise ImportFailed(f"{images}: no such folder of images")
+    reader = READERS.get(fmt)
+    try:
+        inspect.signature(reader).bind(metadata, images, **opts)
+    except TypeError:
+        raise ImportFailed(f"the {fmt} format takes no option {', '.join(map(repr, opts))}") from None
+    candidates: list[Candidate] = []
+    for item in reader(metadata, images, **opts):
+        if isinstance(item, Candidate):
+            candidates.append(item)
+        elif isinstance(item, Rejection):
+            result.rejected.append(item)
+        else:
+            result.warnings.append(item.message)
+    return candidates
+
+
+def preview_import(fmt: str, metadata: str | Path, images: str | Path, **opts: Any) -> dict[str, Any]:
+    """What an import would do, storing nothing: rows read, importable candidates, and the rejected rows.
+
+    Reads the CSV and checks that each image file exists; images are decoded only by the real import.
+    """
+    if fmt not in READERS:
+        raise ImportFailed(f"unknown format {fmt!r}; choose one of: {', '.join(READERS.names())}")
+    result = ImportResult(source=fmt)
+    candidates = _read_rows(fmt, metadata, images, result, **{k: v for k, v in opts.items() if v is not None})
+    rows = len(candidates) + len(result.rejected)
+    importable = []
+    for c in candidates:
+        if c.image.is_file():
+            importable.append(c)
+        else:
+            result.rejected.append(Rejection(c.file, c.row, f"image {c.image.name} not found"))
+    result.rejected.sort(key=lambda r: (r.file, r.row))
+    return {"rows": rows, "candidates": len(importable), "rejected": [dataclasses.asdict(r) for r in result.rejected],
+            "warnings": result.warnings}
 
 
 def _stage(

@@ -650,3 +650,13 @@ def test_cli_missing_metadata_exits_2_without_traceback(home, tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr == f"error: {tmp_path / 'absent.csv'}: no such file\n"
+
+
+def test_preview_lists_rejections_and_stores_nothing(home):
+    from mmcore.importers import preview_import
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "ham10000"
+    preview = preview_import("ham10000", fixtures / "HAM10000_metadata.csv", fixtures)
+    assert preview["rows"] == preview["candidates"] + len(preview["rejected"])
+    assert preview["rejected"] and all({"file", "row", "reason"} <= set(r) for r in preview["rejected"])
+    assert not (home / "cases.sqlite").exists()

@@ -1,0 +1,26 @@
+"""Admin: datasets, note synthesis, fine-tuning jobs with live curves, model promotion, index, audit log."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages._lib.admin import render_audit, render_data, render_index, render_models, render_notes, render_training
+from pages._lib.auth import require_admin
+from pages._lib.widgets import page_setup
+
+page_setup("Admin")
+user = require_admin()  # a typed URL shows nothing else to anyone who is not an admin
+st.title("Admin")
+data, notes, training, models, index, audit = st.tabs(["Data", "Notes", "Training", "Models", "Index", "Audit"])
+with data:
+    render_data(user.name)
+with notes:
+    render_notes(user.name)
+with training:
+    render_training(user.name)
+with models:
+    render_models(user.name)
+with index:
+    render_index(user.name)
+with audit:
+    render_audit()

@@ -1,0 +1,313 @@
+"""The Admin page's sections: data, notes, training jobs, models, index and audit. Each `render_*` draws one tab.
+
+Long work runs as a background job (mmcore.jobs); the page only starts, watches and cancels. The Chroma index is
+written by this (the app's) process alone, so promotion and rebuilds run here, with progress.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from pages._lib import loaders
+
+IMPORT_FORMATS = ["ham10000", "isic", "pad-ufes-20", "derm7pt", "fitzpatrick17k", "scin", "folder"]
+STRATEGIES = ["M", "P1", "P2", "P3", "clinical"]
+STATUS_ICON = {"queued": "⏳", "running": "🏃", "cancelling": "🛑", "succeeded": "✅", "failed": "❌",
+               "cancelled": "⏹️"}
+
+
+def start_job(kind: str, args: list[str], user: str) -> Any | None:
+    """Start a job; a bad configuration is refused with its message and nothing starts."""
+    from mmcore.jobs import JobError
+
+    try:
+        job = loaders.get_jobs().start(kind, args, user=user)
+    except JobError as e:
+        st.error(str(e))
+        return None
+    st.session_state["admin_watch_job"] = job.id
+    st.success(f"Started job {job.id} ({kind}).")
+    return job
+
+
+# ---- data ----
+
+
+def render_data(user: str) -> None:
+    store = loaders.get_store()
+    counts = store.counts()
+    st.markdown(f"**{store.count()} cases** in the case store")
+    cols = st.columns(4)
+    for col, (field, table) in zip(cols, counts.items(), strict=True):
+        col.markdown(f"by {field}")
+        col.dataframe(pd.DataFrame({"value": list(table), "cases": list(table.values())}), hide_index=True)
+
+    st.markdown("#### Import a dataset")
+    st.caption("Paths on the server. Rows that cannot be imported are listed with file, row and reason; an import "
+               "is one transaction, so a failure halfway loses nothing already stored.")
+    with st.form("admin_import_form"):
+        c1, c2 = st.columns(2)
+        fmt = c1.selectbox("Format", IMPORT_FORMATS, key="admin_import_format")
+        source = c2.text_input("Source name (optional)", key="admin_import_source")
+        metadata = c1.text_input("Metadata CSV", key="admin_import_metadata", placeholder="/data/HAM10000_metadata.csv")
+        images = c2.text_input("Images folder", key="admin_import_images", placeholder="/data/HAM10000_images")
+        columns = st.text_input("Folder format: column mapping", key="admin_import_columns",
+                                placeholder="image=file,dx=diagnosis,age=age")
+        preview = st.form_submit_button("Preview rejected rows")
+        run = st.form_submit_button("Import", type="primary")
+    if preview or run:
+        if not metadata.strip() or not images.strip():
+            st.error("Give both the metadata CSV and the images folder.")
+            return
+        args = ["--format", fmt, "--metadata", metadata.strip(), "--images", images.strip(), "--json"]
+        if source.strip():
+            args += ["--source", source.strip()]
+        if columns.strip():
+            args += ["--columns", columns.strip()]
+        if preview:
+            render_import_preview(fmt, metadata.strip(), images.strip(), columns.strip())
+        else:
+            start_job("import", args, user)
+
+    st.markdown("#### Generate SynthDerm cases")
+    with st.form("admin_synth_form"):
+        c1, c2, c3 = st.columns(3)
+        n = c1.number_input("Cases", 10, 100_000, 500, step=10, key="admin_synth_n")
+        seed = c2.number_input("Seed", 0, 10_000, 1, key="admin_synth_seed")
+        balanced = c3.checkbox("Balanced classes", key="admin_synth_balanced")
+        if st.form_submit_button("Generate"):
+            args = ["--n", str(n), "--seed", str(seed)] + (["--balanced"] if balanced else [])
+            start_job("synth", args, user)
+
+
+def render_import_preview(fmt: str, metadata: str, images: str, columns: str) -> None:
+    """Read the dataset without storing anything and list what would be rejected."""
+    from mmcore.importers import preview_import
+
+    try:
+        preview = preview_import(fmt, metadata, images, columns=columns or None)
+    except Exception as e:  # noqa: BLE001 - ImportFailed and friends: show the one-line reason
+        st.error(str(e))
+        return
+    st.info(f"{preview['rows']} rows read: {preview['candidates']} importable, {len(preview['rejected'])} rejected.")
+    if preview["rejected"]:
+        st.dataframe(pd.DataFrame(preview["rejected"]), hide_index=True)
+
+
+# ---- notes ----
+
+
+def render_notes(user: str) -> None:
+    from mmcore.notes import fidelity_of_notes
+
+    store = loaders.get_store()
+    st.markdown("Notes per strategy: " + (", ".join(f"{k}: {v}" for k, v in store.note_strategies().items()) or "none"))
+    c1, c2 = st.columns([1, 2])
+    strategy = c1.selectbox("Strategy", STRATEGIES, key="admin_notes_strategy")
+    if c1.button("Generate notes", key="admin_notes_generate"):
+        start_job("notes", ["generate", "--strategy", strategy], user)
+    report = fidelity_of_notes(store, strategy)
+    c2.metric("Notes contradicting their case", f"{report.get('with_contradictions', 0)} / {report.get('notes', 0)}",
+              f"rate {report.get('rate', 0):.1%}", delta_color="off")
+    examples = report.get("examples") or []
+    if examples:
+        c2.dataframe(pd.DataFrame(examples), hide_index=True)
+    if report.get("with_contradictions") and c2.button("Drop contradicting notes", key="admin_notes_drop"):
+        dropped = fidelity_of_notes(store, strategy, drop_contradictions=True)
+        loaders.get_audit().append("notes_drop", user=user, strategy=strategy, dropped=dropped.get("dropped", 0))
+        st.success(f"Dropped {dropped.get('dropped', 0)} notes; regenerate them with **Generate notes**.")
+
+
+# ---- training ----
+
+
+def training_form_ui() -> list[str] | None:
+    """The fine-tuning form; returns the train command's arguments when submitted."""
+    from mmcore.image_encoders import IMAGE_ENCODERS
+    from mmcore.text_encoders import TEXT_ENCODERS
+
+    with st.form("admin_train_form"):
+        c1, c2, c3 = st.columns(3)
+        preset = c1.selectbox("Preset", ["demo", "default", "tiny", "paper"], key="admin_train_preset")
+        image_enc = c1.selectbox("Image encoder", ["(preset)", *IMAGE_ENCODERS.names()], key="admin_train_image")
+        text_enc = c1.selectbox("Text encoder", ["(preset)", *TEXT_ENCODERS.names()], key="admin_train_text")
+        freeze = c2.radio("Backbones", ["frozen (cached features, fast on CPU)", "fine-tune (GPU)"],
+                          key="admin_train_freeze")
+        epochs = c2.number_input("Epochs", 1, 500, 10, key="admin_train_epochs")
+        lr = c2.number_input("Learning rate", 1e-6, 0.5, 1e-3, format="%.6f", key="admin_train_lr")
+        size = c2.number_input("Image size", 16, 1024, 224, step=16, key="admin_train_size")
+        mix = c3.multiselect("Note strategies (one drawn per sample)", STRATEGIES, ["P1"], key="admin_train_mix")
+        ntxent = c3.number_input("NT-Xent weight", 0.0, 10.0, 0.5, key="admin_train_ntxent")
+        align = c3.number_input("Cosine and L1 weight", 0.0, 10.0, 1.0, key="admin_train_align")
+        gpus = c3.number_input("GPUs (torchrun when > 1)", 0, 16, 0, key="admin_train_gpus")
+        extra = st.text_input("More overrides (section.key=value, space separated)", key="admin_train_extra")
+        promote = st.checkbox("Promote when it finishes", key="admin_train_promote")
+        if not st.form_submit_button("Start training", type="primary"):
+            return None
+    sets = [f"train.freeze_backbones={'true' if freeze.startswith('frozen') else 'false'}",
+            f"train.epochs={epochs}", f"train.lr={lr}", f"model.image_size={size}",
+            f"train.note_strategies={json.dumps(mix)}", f"loss.ntxent={ntxent}", f"loss.cosine={align}",
+            f"loss.l1={align}", f"jobs.gpus={gpus}"]
+    if image_enc != "(preset)":
+        sets.append(f"model.image_encoder={image_enc}")
+    if text_enc != "(preset)":
+        sets.append(f"model.text_encoder={text_enc}")
+    try:
+        sets += shlex.split(extra)
+    except ValueError as e:
+        st.error(f"Could not read the overrides: {e}")
+        return None
+    args = ["--config", preset]
+    for s in sets:
+        args += ["--set", s]
+    return args + (["--promote"] if promote else [])
+
+
+def render_training(user: str) -> None:
+    args = training_form_ui()
+    if args is not None:
+        start_job("train", args, user)
+    jobs = loaders.get_jobs()
+    recent = jobs.list(limit=20)
+    if not recent:
+        st.caption("No jobs yet.")
+        return
+    table = pd.DataFrame([{"id": j.id, "kind": j.kind, "status": f"{STATUS_ICON.get(j.status, '')} {j.status}",
+                           "by": j.user, "error": j.error} for j in recent])
+    st.dataframe(table, hide_index=True)
+    ids = [j.id for j in recent]
+    watched = st.session_state.get("admin_watch_job", ids[0])
+    job_id = st.selectbox("Watch job", ids, index=ids.index(watched) if watched in ids else 0, key="admin_watch_select")
+    render_job(job_id, user)
+
+
+@st.fragment(run_every=2)
+def render_job(job_id: int, user: str) -> None:
+    """Live status, loss and metric curves, log tail, cancel and resume for one job (refreshes every 2 s)."""
+    import plotly.graph_objects as go
+
+    jobs = loaders.get_jobs()
+    jobs.reap()
+    job = jobs.get(job_id)
+    c1, c2, c3 = st.columns([2, 1, 1])
+    c1.markdown(f"**Job {job.id}** · {job.kind} · {STATUS_ICON.get(job.status, '')} **{job.status}**"
+                + (f" · {job.error}" if job.error else ""))
+    if job.status == "running" and c2.button("Cancel", key=f"admin_cancel_{job.id}"):
+        jobs.cancel(job.id)
+        loaders.get_audit().append("job_cancel", user=user, job=job.id)
+    if job.kind == "train" and job.status in ("failed", "cancelled") and c3.button("Resume", key=f"admin_resume_{job.id}"):
+        resumed = jobs.resume(job.id, user=user)
+        st.session_state["admin_watch_job"] = resumed.id
+    metrics = jobs.metrics(job.id)
+    if metrics:
+        frame = pd.DataFrame(metrics)
+        x = frame["epoch"] if "epoch" in frame else frame.index
+        losses = [c for c in frame.columns if c.endswith("loss")]
+        scores = [c for c in frame.columns if c.startswith("val_") and not c.endswith("loss")]
+        g1, g2 = st.columns(2)
+        fig = go.Figure([go.Scatter(x=x, y=frame[c], name=c, mode="lines+markers") for c in losses])
+        fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), title="Loss", xaxis_title="epoch")
+        g1.plotly_chart(fig, key=f"admin_loss_{job.id}")
+        fig = go.Figure([go.Scatter(x=x, y=frame[c], name=c, mode="lines+markers") for c in scores])
+        fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), title="Validation", xaxis_title="epoch",
+                          yaxis=dict(range=[0, 1]))
+        g2.plotly_chart(fig, key=f"admin_val_{job.id}")
+        st.caption(f"{len(metrics)} epochs logged")
+    with st.expander("Log", expanded=job.status in ("failed",)):
+        st.code(jobs.log_tail(job.id, 30) or "(empty)", language=None)
+
+
+# ---- models ----
+
+
+def render_models(user: str) -> None:
+    from mmcore.model_store import active_version, list_versions, read_metadata
+
+    cfg = loaders.get_config()
+    versions = list_versions(cfg)
+    if not versions:
+        st.info("No model versions yet: train one.")
+        return
+    active = active_version(cfg)
+    cards = {v: read_metadata(cfg, v) for v in versions}
+    rows = []
+    for v in reversed(versions):
+        card = cards[v]
+        fused = card.get("metrics", {}).get("fused", {})
+        rows.append({"version": v, "active": "✅" if v == active else "",
+                     "image encoder": card.get("encoders", {}).get("image", {}).get("name", "?"),
+                     "text encoder": card.get("encoders", {}).get("text", {}).get("name", "?"),
+                     "fused balanced acc.": fused.get("balanced_accuracy"), "fused macro-F1": fused.get("macro_f1")})
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    chosen = st.multiselect("Compare model cards", versions, default=[active] if active else [], key="admin_compare")
+    if chosen:
+        cols = st.columns(len(chosen))
+        for col, v in zip(cols, chosen, strict=True):
+            col.markdown(f"**{v}**")
+            col.json(cards[v], expanded=False)
+    c1, c2 = st.columns(2)
+    target = c1.selectbox("Version", list(reversed(versions)), key="admin_promote_version")
+    label = "Roll back to" if active and versions.index(target) < versions.index(active) else "Promote"
+    if c1.button(f"{label} {target}", key="admin_promote", disabled=target == active):
+        promote(target, user)
+
+
+def promote(version: str, user: str) -> None:
+    """Build the version's index first, then make it active (so it never serves without its case library)."""
+    from mmcore.demo import promote_version
+
+    bar = st.progress(0.0, text=f"Preparing {version}…")
+
+    def progress(fraction: float, text: str) -> None:
+        bar.progress(min(1.0, fraction), text=text)
+
+    try:
+        promote_version(loaders.get_config(), version, progress=progress)
+    except Exception as e:  # noqa: BLE001
+        st.error(f"Promotion failed, the active model is unchanged: {e}")
+        return
+    loaders.get_audit().append("promote", user=user, model_version=version)
+    st.success(f"{version} is active.")
+
+
+# ---- index and audit ----
+
+
+def render_index(user: str) -> None:
+    from mmcore.index import get_index
+    from mmcore.model_store import active_version
+
+    cfg = loaders.get_config()
+    version = active_version(cfg)
+    if version is None:
+        st.info("No active model.")
+        return
+    counts = get_index(cfg).counts(version)
+    st.markdown(f"Index of `{version}`: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if st.button("Rebuild the index from the case store", key="admin_index_rebuild"):
+        promote(version, user)
+
+
+def render_audit() -> None:
+    log = loaders.get_audit()
+    report = log.verify()
+    if report.ok:
+        st.success(f"Chain intact: {report.entries} entries.")
+    else:
+        st.error(f"Chain broken at line {report.first_bad_line}: {report.reason}.")
+    c1, c2 = st.columns(2)
+    entries = log.read()
+    events = sorted({e.get("event", "") for e in entries})
+    users = sorted({e.get("user", "") for e in entries})
+    event = c1.selectbox("Event", ["(all)", *events], key="admin_audit_event")
+    who = c2.selectbox("User", ["(all)", *users], key="admin_audit_user")
+    shown = [e for e in entries if (event == "(all)" or e.get("event") == event)
+             and (who == "(all)" or e.get("user") == who)]
+    if shown:
+        st.dataframe(pd.DataFrame(shown[-500:][::-1]).drop(columns=["prev", "hash"], errors="ignore"),
+                     hide_index=True)
