@@ -1,0 +1,170 @@
+"""SynthDerm: determinism, masks, findings that match the pixels, HAM-like metadata, domains, and the synth command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from mmcore.cases import DOMAINS, DX_CLASSES, DX_TYPES, SITES, CaseStore, normalise_site, validate_case
+from mmcore.cli import main
+from mmcore.fidelity import BORDERS, COLOURS, FEATURES, STRUCTURES
+from mmcore.notes import strategy_names, write_note
+from mmcore.synthderm import HAM_PREVALENCE, _sample_lesion, case_id_for, generate, generate_one
+
+
+@pytest.fixture(scope="module")
+def balanced() -> list:
+    return list(generate(56, seed=7, balanced=True, size=128))
+
+
+def _fingerprint(sc) -> tuple:
+    return sc.image.tobytes(), sc.mask.tobytes(), json.dumps(dataclasses.asdict(sc.case), sort_keys=True)
+
+
+def test_same_seed_is_byte_identical_and_another_seed_differs():
+    first = [_fingerprint(sc) for sc in generate(6, seed=3)]
+    again = [_fingerprint(sc) for sc in generate(6, seed=3)]
+    alone = [_fingerprint(generate_one(i, seed=3)) for i in range(6)]  # any case is reproducible on its own
+    other = [_fingerprint(sc) for sc in generate(6, seed=4)]
+    assert first == again == alone
+    assert all(a[0] != b[0] for a, b in zip(first, other, strict=True))
+    assert len({f[0] for f in first}) == 6
+    notes = [[write_note(s, sc.case, seed=3) for s in strategy_names()] for sc in generate(6, seed=3)]
+    assert notes == [[write_note(s, sc.case, seed=3) for s in strategy_names()] for sc in generate(6, seed=3)]
+    assert notes != [[write_note(s, sc.case, seed=4) for s in strategy_names()] for sc in generate(6, seed=4)]
+
+
+def test_masks_are_non_empty_boolean_and_fit_the_image(balanced):
+    for sc in balanced:
+        assert sc.image.size == (128, 128) and sc.image.mode == "RGB"
+        assert sc.mask.dtype == bool and sc.mask.shape == (128, 128)
+        assert 20 <= sc.mask.sum() < sc.mask.size
+
+
+def test_metadata_and_findings_use_the_vocabularies(balanced):
+    for sc in balanced:
+        case = sc.case
+        validate_case(case)
+        assert case.case_id == case_id_for(7, sc.index) and case.source == "synthderm"
+        assert case.dx in DX_CLASSES and case.domain in DOMAINS and case.dx_type in DX_TYPES
+        assert case.site in SITES and normalise_site(case.site_detail)[0] == case.site
+        assert case.fitzpatrick in range(1, 7) and case.sex in ("male", "female") and 5 <= case.age <= 85
+        f = case.findings
+        assert f["asymmetry"] in (0, 1, 2) and f["border"] in BORDERS and f["diameter_mm"] > 0
+        assert f["colours"] and set(f["colours"]) <= set(COLOURS)
+        assert set(f["structures"]) <= set(STRUCTURES) and set(f["features"]) <= set(FEATURES)
+        assert f["ulceration"] == ("ulceration" in f["features"])
+    assert {sc.case.dx for sc in balanced} == set(DX_CLASSES)
+
+
+def test_findings_list_exactly_the_structures_drawn(balanced):
+    for sc in balanced:
+        drawn = {k for k, v in sc.drawn.items() if v >= 3}
+        assert set(sc.case.findings["structures"]) == drawn & set(STRUCTURES)
+        assert set(sc.case.findings["features"]) == drawn & set(FEATURES)
+        if {"arborizing vessels", "dotted vessels", "glomerular vessels"} & set(sc.case.findings["features"]):
+            assert "vessels" in sc.case.findings["structures"]
+
+
+def test_listed_colours_are_visible_in_the_lesion_pixels():
+    """In dermoscopy, a listed colour shows in the lesion: black is dark, blue-grey bluish, red red, white pale."""
+    looks = {
+        "black": lambda px: px.max(1) < 70,
+        "blue-grey": lambda px: (px[:, 2] > px[:, 0] - 5) & (px[:, 2] > px[:, 1]) & (px.max(1) < 200),
+        "red": lambda px: (px[:, 0] > px[:, 1] + 60) & (px[:, 0] > px[:, 2] + 40),
+        "white": lambda px: (px.mean(1) > 175) & (px.max(1) - px.min(1) < 70),
+    }
+    seen, listed = Counter(), Counter()
+    for sc in generate(70, seed=11, domains=("dermoscopy",), balanced=True):
+        px = np.asarray(sc.image).astype(int)[sc.mask]
+        for colour, test in looks.items():
+            if colour in sc.case.findings["colours"]:
+                listed[colour] += 1
+                seen[colour] += int(test(px).sum() >= 3)
+    for colour in looks:
+        assert listed[colour] >= 5, colour
+        assert seen[colour] / listed[colour] >= 0.85, (colour, seen[colour], listed[colour])
+
+
+def test_prevalence_is_ham_like_or_balanced_and_metadata_follows_the_class():
+    def draw(balanced: bool, n: int = 4000) -> list:
+        return [_sample_lesion(np.random.default_rng([1, i]), DOMAINS, balanced) for i in range(n)]
+
+    ham = draw(False)
+    freq = Counter(les.dx for les in ham)
+    for dx, p in HAM_PREVALENCE.items():
+        assert abs(freq[dx] / len(ham) - p) < max(0.02, p * 0.3), dx
+    even = Counter(les.dx for les in draw(True))
+    assert all(abs(even[dx] / 4000 - 1 / 7) < 0.025 for dx in DX_CLASSES)
+
+    by = {dx: [les for les in ham if les.dx == dx] for dx in ("mel", "nv", "bcc", "akiec")}
+    assert np.mean([les.age for les in by["mel"]]) > np.mean([les.age for les in by["nv"]]) + 8
+    histo = {dx: np.mean([les.dx_type == "histopathology" for les in by[dx]]) for dx in by}
+    assert histo["mel"] > 0.9 and histo["bcc"] > 0.9
+    assert np.mean([les.dx_type == "serial imaging showing no change" for les in by["nv"]]) > 0.4
+    assert np.mean([normalise_site(les.site_detail)[0] == "head/neck" for les in by["akiec"]]) > 0.45
+    dark = {d: np.mean([les.fitzpatrick >= 4 for les in ham if les.domain == d]) for d in DOMAINS}
+    assert dark["atlas"] > 0.6 > 0.2 > dark["dermoscopy"]
+
+
+def test_domains_frame_the_lesion_differently():
+    frac = {d: [] for d in DOMAINS}
+    dark_corners = 0
+    for d in DOMAINS:
+        for sc in generate(24, seed=5, domains=(d,), balanced=True, size=96):
+            frac[d].append(sc.mask.mean())
+            if d == "dermoscopy":
+                dark_corners += int(np.asarray(sc.image)[:3, :3].max() < 40)
+    assert np.median(frac["clinical"]) < 0.5 * np.median(frac["dermoscopy"])  # smartphone: wider field
+    assert dark_corners >= 6  # the dermatoscope's round field
+
+
+def test_repeat_views_share_the_lesion():
+    cases = list(generate(40, seed=2, size=64))
+    groups = Counter(sc.case.lesion_id for sc in cases)
+    repeated = [lid for lid, n in groups.items() if n > 1]
+    assert repeated and max(groups.values()) <= 3
+    for lid in repeated:
+        views = [sc for sc in cases if sc.case.lesion_id == lid]
+        assert len({(v.case.dx, v.case.age, v.case.patient_id, json.dumps(v.case.findings)) for v in views}) == 1
+        assert len({v.image.tobytes() for v in views}) == len(views)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="domains"):
+        generate_one(0, domains=("microscopy",))
+    with pytest.raises(ValueError, match="size"):
+        generate_one(0, size=8)
+
+
+def test_cli_synth_stores_cases_masks_notes_and_splits(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MMDERM_HOME", str(tmp_path))
+    argv = ["synth", "--n", "12", "--seed", "5", "--domains", "dermoscopy,clinical", "--size", "64", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"generated", "stored", "by_dx", "by_domain", "seconds"}
+    assert out["generated"] == out["stored"] == 12 == sum(out["by_dx"].values()) == sum(out["by_domain"].values())
+    assert set(out["by_domain"]) <= {"dermoscopy", "clinical"}
+
+    with CaseStore(tmp_path) as store:
+        cases = store.cases(with_notes=True)
+        assert [c.case_id for c in cases] == [f"synthderm:s5:{i:06d}" for i in range(12)]
+        lesion_split: dict[str, set] = {}
+        for case in cases:
+            assert set(case.notes) == set(strategy_names()) and all(case.notes.values())
+            assert case.split in ("train", "val", "test") and case.lesion_id and case.patient_id
+            assert store.load_mask(case).any() and store.load_image(case).size == (64, 64)
+            lesion_split.setdefault(case.lesion_id, set()).add(case.split)
+        assert all(len(s) == 1 for s in lesion_split.values())  # a lesion never straddles splits
+
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["stored"] == 12  # idempotent: the same ids, nothing added
+    with CaseStore(tmp_path) as store:
+        assert store.count() == 12
+
+    assert main(["synth", "--n", "3", "--domains", "x-ray"]) == 2
+    assert "--domains" in capsys.readouterr().err
