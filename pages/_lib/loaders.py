@@ -55,3 +55,28 @@ def get_audit() -> Any:
     from mmcore.audit import AuditLog
 
     return AuditLog(get_config().audit_path)
+
+
+def safe_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call into mmcore; a rejected input shows its message, anything else a short error (details in the log)."""
+    from mmcore.images import ImageRejected
+
+    try:
+        return fn(*args, **kwargs)
+    except ImageRejected as e:
+        st.error(f"This photo cannot be used: {e}")
+    except ValueError as e:
+        st.error(str(e))
+    except Exception as e:  # noqa: BLE001 - the page must not show a traceback
+        import logging
+
+        logging.getLogger("mmderm").exception("page call failed")
+        st.error(f"Something went wrong ({type(e).__name__}). The details are in the server log.")
+    return None
+
+
+def get_evaluations(version: str) -> dict[str, Any]:
+    """name ("test_clinical") -> evaluation result of a model version (read fresh: evaluations can be added)."""
+    from mmcore.evaluate import read_evaluations
+
+    return read_evaluations(get_config(), version)

@@ -1,0 +1,63 @@
+"""Diagnose: a lesion photo and a clinical note -> model scores per modality, explanations, similar cases."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages._lib import loaders
+from pages._lib.widgets import (
+    case_inputs_ui,
+    explanation_ui,
+    page_setup,
+    render_attention,
+    render_explanation,
+    render_prediction,
+    render_similar_strip,
+    render_word_attributions,
+)
+
+user = page_setup("Diagnose")
+st.title("Diagnose")
+predictor = loaders.get_active_predictor()
+if predictor is None:
+    st.info("No model is active yet. Run `make run` or ask an admin to promote one.")
+    st.stop()
+
+image_bytes, note, metadata = case_inputs_ui("diagnose")
+if st.button("Analyse", type="primary", key="diagnose_run", disabled=not (image_bytes or note)):
+    st.session_state["diagnose_request"] = (image_bytes, note, metadata)
+if not (image_bytes or note):
+    st.caption("Add a photo, a note, or both, then press **Analyse**.")
+request = st.session_state.get("diagnose_request")
+if request is None or request != (image_bytes, note, metadata):
+    st.stop()
+
+with st.spinner("Scoring…"):
+    result = loaders.safe_call(predictor.predict, image_bytes, note, metadata, user=user.name)
+if result is None:
+    st.stop()
+render_prediction(result)
+
+st.subheader("Why")
+method, target, opacity = explanation_ui("diagnose", predictor.classes, result.top[0].dx, has_image=bool(image_bytes))
+with st.spinner("Explaining…"):
+    explanation = loaders.safe_call(predictor.explain, image_bytes, note, method=method, target=target)
+if explanation is not None:
+    if image_bytes:
+        render_explanation(explanation, opacity)
+    if note:
+        render_word_attributions(explanation)
+        render_attention(explanation, "diagnose")
+
+st.subheader("Similar past cases")
+with st.spinner("Searching the case library…"):
+    similar = loaders.safe_call(predictor.similar, image_bytes, note, k=8)
+if similar is not None:
+    st.session_state["similar_last_query"] = (image_bytes, note)  # the comparison on Similar cases reuses it
+    render_similar_strip(similar, "diagnose")
+
+if image_bytes and st.button("Draft a description", key="diagnose_draft"):
+    draft = loaders.safe_call(predictor.draft_note, image_bytes)
+    if draft:
+        st.text_area("Draft (edit before use; written by the model, not a clinician)", draft, key="diagnose_draft_text",
+                     height=160)

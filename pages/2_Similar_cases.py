@@ -1,0 +1,38 @@
+"""Similar cases: search the case library by image, text or both, across modalities, with filters."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages._lib import loaders
+from pages._lib.widgets import filters_ui, page_setup, render_comparison, render_similar_strip, similar_query_ui
+
+user = page_setup("Similar cases")
+st.title("Similar cases")
+predictor = loaders.get_active_predictor()
+if predictor is None:
+    st.info("No model is active yet. Run `make run` or ask an admin to promote one.")
+    st.stop()
+
+image_bytes, note, collection, weights = similar_query_ui("similar")
+where = filters_ui("similar")
+if not (image_bytes or note):
+    st.caption("Upload a photo, type a description, or both. A note alone also finds images: image and text share "
+               "one embedding space.")
+    st.stop()
+
+with st.spinner("Searching the case library…"):
+    cases = loaders.safe_call(predictor.similar, image_bytes, note, k=12, where=where or None, modality=collection,
+                              weights=weights)
+if cases is None:
+    st.stop()
+st.session_state["similar_last_query"] = (image_bytes, note)
+render_similar_strip(cases, "similar")
+
+chosen = st.session_state.get("similar_compare")
+if chosen and chosen in {c.case_id for c in cases}:
+    st.subheader("Side by side")
+    case = next(c for c in cases if c.case_id == chosen)
+    with st.spinner("Explaining the similarity…"):
+        why = loaders.safe_call(predictor.explain_similarity, chosen, image_bytes, note)
+    render_comparison(case, why, image_bytes, note)

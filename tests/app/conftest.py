@@ -1,0 +1,49 @@
+"""AppTest fixtures: one tiny demo home per session (tiny towers, SynthDerm, index), caches cleared per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def build_tiny_home(home: Path, n: int = 84) -> Path:
+    """The demo pipeline on tiny towers: SynthDerm, training, evaluation, promotion, index (seconds)."""
+    env = {**os.environ, "MMDERM_HOME": str(home), "MMDERM_CONFIG": "tiny"}
+    out = subprocess.run([sys.executable, "-m", "mmcore", "demo", "--n", str(n)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_home(tmp_path_factory) -> Path:
+    return build_tiny_home(tmp_path_factory.mktemp("tiny_home"))
+
+
+@pytest.fixture
+def app_env(tiny_home, monkeypatch):
+    """Point the app at the tiny home and start every test with empty Streamlit caches."""
+    monkeypatch.setenv("MMDERM_HOME", str(tiny_home))
+    monkeypatch.setenv("MMDERM_CONFIG", "tiny")
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield tiny_home
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@pytest.fixture
+def empty_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMDERM_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("MMDERM_CONFIG", "tiny")
+    st.cache_resource.clear()
+    yield tmp_path / "empty"
+    st.cache_resource.clear()
+

@@ -1,0 +1,70 @@
+"""Diagnose page (AppTest): upload + note -> scores per modality, explanation, similar cases; bad uploads."""
+
+from __future__ import annotations
+
+from streamlit.testing.v1 import AppTest
+
+from mmcore.audit import AuditLog
+from app_helpers import NOTE, lesion_png
+
+PAGE = "../../pages/1_Diagnose.py"
+
+
+def _run(image: bytes | None, note: str | None, name: str = "lesion.png") -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not at.exception
+    if image is not None:
+        at.file_uploader(key="diagnose_upload").upload(name, image, "image/png")
+    if note is not None:
+        at.text_area(key="diagnose_note").input(note)
+    at.run()
+    at.button(key="diagnose_run").click().run()
+    return at
+
+
+def test_photo_and_note_give_scores_explanations_and_similar_cases(app_env):
+    at = _run(lesion_png(), NOTE)
+    assert not at.exception
+    assert any("Research use only" in w.value for w in at.warning)
+    assert len(at.metric) >= 3  # the top 3 with malignancy
+    assert any(m.delta and any(w in m.delta for w in ("benign", "malignant", "indeterminate")) for m in at.metric)
+    charts = at.get("plotly_chart")
+    assert charts, "the score chart is missing"
+    assert any("Image + note" in c.proto.spec for c in charts)
+    assert len(at.get("imgs")) >= 2  # the photo and its overlay (and thumbnails of similar cases)
+    assert any("Which words moved" in m.value for m in at.markdown)
+    assert [b for b in at.button if b.key and b.key.startswith("diagnose_compare_")], "no similar cases shown"
+    entries = AuditLog(app_env / "audit.jsonl").read(event="predict")
+    assert entries and entries[-1]["top_class"] and NOTE not in (app_env / "audit.jsonl").read_text()
+
+
+def test_note_alone_still_predicts(app_env):
+    at = _run(None, NOTE)
+    assert not at.exception
+    assert len(at.metric) >= 3
+    assert any("Note only" in c.proto.spec for c in at.get("plotly_chart"))
+
+
+def test_bad_upload_gets_a_friendly_message(app_env):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="GIF")
+    at = _run(buf.getvalue(), NOTE, name="photo.png")
+    assert not at.exception
+    assert any("cannot be used" in e.value and "GIF" in e.value for e in at.error)
+    assert not at.metric
+
+
+def test_truncated_jpeg_gets_a_friendly_message(app_env):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 300), (150, 90, 60)).save(buf, format="JPEG")
+    at = _run(buf.getvalue()[:400], None, name="photo.jpg")
+    assert not at.exception
+    assert any("damaged or incomplete" in e.value for e in at.error)

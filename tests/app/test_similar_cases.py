@@ -1,0 +1,46 @@
+"""Similar cases page (AppTest): cross-modal search, filters that hold, side-by-side comparison."""
+
+from __future__ import annotations
+
+from streamlit.testing.v1 import AppTest
+
+from mmcore.cases import CaseStore
+from app_helpers import NOTE, lesion_png
+
+PAGE = "../../pages/2_Similar_cases.py"
+
+
+def _captions(at: AppTest) -> str:
+    return " ".join(c.value for c in at.caption)
+
+
+def test_text_query_finds_images(app_env):
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.text_area(key="similar_note").input(NOTE).run()
+    assert not at.exception
+    compare = [b for b in at.button if b.key and b.key.startswith("similar_compare_")]
+    assert compare, "a note alone found no images"
+    assert "similarity" in _captions(at)
+
+
+def test_filter_returns_only_matching_cases(app_env):
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.file_uploader(key="similar_upload").upload("q.png", lesion_png(), "image/png").run()
+    at.multiselect(key="similar_f_dx").set_value(["nv"]).run()
+    assert not at.exception
+    ids = [b.key.removeprefix("similar_compare_") for b in at.button if b.key and b.key.startswith("similar_compare_")]
+    assert ids
+    store = CaseStore(app_env)
+    assert {store.get(i).dx for i in ids} == {"nv"}
+
+
+def test_side_by_side_comparison(app_env):
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.file_uploader(key="similar_upload").upload("q.png", lesion_png(), "image/png").run()
+    first = next(b for b in at.button if b.key and b.key.startswith("similar_compare_"))
+    at.session_state["similar_compare"] = first.key.removeprefix("similar_compare_")
+    at.run()
+    assert not at.exception
+    assert any(s.value == "Side by side" for s in at.subheader)
+    assert any("what drives the similarity" in (i.proto.imgs[0].caption if i.proto.imgs else "")
+               for i in at.get("imgs"))
