@@ -11,7 +11,7 @@ export MMDERM_HOME ?= $(CURDIR)/var
 # pip here prints a warning for every registry folder it skips; they say nothing about our install.
 PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: setup run demo test lint format chromium env-check bench clean-home
+.PHONY: setup run demo test lint format chromium env-check screenshots clean-home
 
 setup: $(STAMP) chromium
 
@@ -55,3 +55,7 @@ format: $(STAMP)
 
 clean-home:
 	rm -rf var
+
+# Screenshots for the README, taken by the browser test against the demo home (after `make demo`).
+screenshots: setup
+	MMDERM_BROWSER_HOME=$(MMDERM_HOME) $(BIN)/python -m pytest tests/browser -m browser -q

@@ -53,8 +53,13 @@ class AuditLog:
             raise ValueError(f"audit entries must not hold {', '.join(sorted(bad))}: log a hash instead")
         with self._lock:
             prev = self._last_hash()
-            entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, "user": user,
-                     **fields, "prev": prev}
+            entry = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "event": event,
+                "user": user,
+                **fields,
+                "prev": prev,
+            }
             entry["hash"] = _entry_hash(entry)
             with self.path.open("a") as f:
                 f.write(json.dumps(entry, sort_keys=True) + "\n")

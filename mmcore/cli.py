@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", parents=[common], help="import a dataset into the case store")
     p.add_argument(
-        "--format", required=True, choices=["ham10000", "isic", "pad-ufes-20", "derm7pt", "fitzpatrick17k", "scin", "folder"]
+        "--format",
+        required=True,
+        choices=["ham10000", "isic", "pad-ufes-20", "derm7pt", "fitzpatrick17k", "scin", "folder"],
     )
     p.add_argument("--metadata", required=True, help="the dataset's metadata CSV")
     p.add_argument("--images", required=True, help="folder holding the image files")
@@ -166,7 +168,13 @@ def cli_check_image(args: argparse.Namespace, cfg: Config) -> int:
         emit(args, {"file": str(path), "accepted": False, "reason": str(e)}, f"rejected: {e}")
         return 2
     w, h = decoded.size
-    payload = {"file": str(path), "accepted": True, "format": decoded.format, "width": w, "height": h,
-               "sha256": decoded.sha256}
+    payload = {
+        "file": str(path),
+        "accepted": True,
+        "format": decoded.format,
+        "width": w,
+        "height": h,
+        "sha256": decoded.sha256,
+    }
     emit(args, payload, f"accepted: {decoded.format.upper()} {w} x {h}, sha256 {decoded.sha256[:16]}")
     return 0

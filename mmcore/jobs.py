@@ -110,8 +110,9 @@ class JobManager:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         cfg.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(cfg.jobs_dir / "jobs.sqlite", isolation_level=None, check_same_thread=False,
-                                   timeout=30)
+        self._db = sqlite3.connect(
+            cfg.jobs_dir / "jobs.sqlite", isolation_level=None, check_same_thread=False, timeout=30
+        )
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
@@ -236,7 +237,10 @@ class JobManager:
         env = {**os.environ, "MMDERM_HOME": str(self.cfg.home), "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
             [sys.executable, "-m", "mmcore", "jobs", "run", str(job.id)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
             start_new_session=True,  # its own process group: cancel reaches the worker, an app restart does not
         )
         log.close()
@@ -355,8 +359,16 @@ class JobManager:
             args += ["--run-dir", str(job.run_dir)]
         gpus = self.cfg.jobs.gpus
         if job.kind == "train" and gpus > 1:
-            return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "-m", "mmcore",
-                    "train", *args]
+            return [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc_per_node={gpus}",
+                "-m",
+                "mmcore",
+                "train",
+                *args,
+            ]
         return [sys.executable, "-m", "mmcore", job.kind, *args]
 
 
@@ -392,8 +404,18 @@ def cli_jobs(args: argparse.Namespace, cfg: Config) -> int:
             emit(args, {"marked_failed": marked}, f"marked failed: {marked or 'none'}")
         elif args.action == "show":
             job = manager.get(int(args.job))
-            emit(args, {"id": job.id, "kind": job.kind, "status": job.status, "args": job.args,
-                        "exit_code": job.exit_code, "error": job.error}, manager.log_tail(job.id))
+            emit(
+                args,
+                {
+                    "id": job.id,
+                    "kind": job.kind,
+                    "status": job.status,
+                    "args": job.args,
+                    "exit_code": job.exit_code,
+                    "error": job.error,
+                },
+                manager.log_tail(job.id),
+            )
         else:
             manager.reap()
             jobs = manager.list()

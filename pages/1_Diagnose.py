@@ -59,5 +59,9 @@ if similar is not None:
 if image_bytes and st.button("Draft a description", key="diagnose_draft"):
     draft = loaders.safe_call(predictor.draft_note, image_bytes)
     if draft:
-        st.text_area("Draft (edit before use; written by the model, not a clinician)", draft, key="diagnose_draft_text",
-                     height=160)
+        st.text_area(
+            "Draft (edit before use; written by the model, not a clinician)",
+            draft,
+            key="diagnose_draft_text",
+            height=160,
+        )

@@ -17,13 +17,16 @@ if predictor is None:
 image_bytes, note, collection, weights = similar_query_ui("similar")
 where = filters_ui("similar")
 if not (image_bytes or note):
-    st.caption("Upload a photo, type a description, or both. A note alone also finds images: image and text share "
-               "one embedding space.")
+    st.caption(
+        "Upload a photo, type a description, or both. A note alone also finds images: image and text share "
+        "one embedding space."
+    )
     st.stop()
 
 with st.spinner("Searching the case library…"):
-    cases = loaders.safe_call(predictor.similar, image_bytes, note, k=12, where=where or None, modality=collection,
-                              weights=weights)
+    cases = loaders.safe_call(
+        predictor.similar, image_bytes, note, k=12, where=where or None, modality=collection, weights=weights
+    )
 if cases is None:
     st.stop()
 st.session_state["similar_last_query"] = (image_bytes, note)

@@ -32,8 +32,13 @@ name = st.selectbox("Evaluation (split and note strategy)", list(evaluations), k
 result = evaluations[name]
 render_headline(result)
 render_groups(result)
-modality = st.radio("Modality", ["fused", "image", "text"], horizontal=True, key="report_modality",
-                    format_func={"fused": "Image + note", "image": "Image only", "text": "Note only"}.get)
+modality = st.radio(
+    "Modality",
+    ["fused", "image", "text"],
+    horizontal=True,
+    key="report_modality",
+    format_func={"fused": "Image + note", "image": "Image only", "text": "Note only"}.get,
+)
 c1, c2 = st.columns(2)
 with c1:
     render_confusion(result, modality)

@@ -26,8 +26,9 @@ def test_mmcore_never_imports_streamlit():
 
 def test_pages_never_touch_torch_captum_or_chroma():
     scripts = [ROOT / "app.py", *(ROOT / "pages").rglob("*.py")]
-    offenders = {str(p.relative_to(ROOT)): sorted(_imports(p) & {"torch", "captum", "chromadb"}) for p in scripts
-                 if p.exists()}
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(_imports(p) & {"torch", "captum", "chromadb"}) for p in scripts if p.exists()
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 

@@ -17,8 +17,7 @@ from pages._lib import loaders
 
 IMPORT_FORMATS = ["ham10000", "isic", "pad-ufes-20", "derm7pt", "fitzpatrick17k", "scin", "folder"]
 STRATEGIES = ["M", "P1", "P2", "P3", "clinical"]
-STATUS_ICON = {"queued": "⏳", "running": "🏃", "cancelling": "🛑", "succeeded": "✅", "failed": "❌",
-               "cancelled": "⏹️"}
+STATUS_ICON = {"queued": "⏳", "running": "🏃", "cancelling": "🛑", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
 
 
 def start_job(kind: str, args: list[str], user: str) -> Any | None:
@@ -48,16 +47,19 @@ def render_data(user: str) -> None:
         col.dataframe(pd.DataFrame({"value": list(table), "cases": list(table.values())}), hide_index=True)
 
     st.markdown("#### Import a dataset")
-    st.caption("Paths on the server. Rows that cannot be imported are listed with file, row and reason; an import "
-               "is one transaction, so a failure halfway loses nothing already stored.")
+    st.caption(
+        "Paths on the server. Rows that cannot be imported are listed with file, row and reason; an import "
+        "is one transaction, so a failure halfway loses nothing already stored."
+    )
     with st.form("admin_import_form"):
         c1, c2 = st.columns(2)
         fmt = c1.selectbox("Format", IMPORT_FORMATS, key="admin_import_format")
         source = c2.text_input("Source name (optional)", key="admin_import_source")
         metadata = c1.text_input("Metadata CSV", key="admin_import_metadata", placeholder="/data/HAM10000_metadata.csv")
         images = c2.text_input("Images folder", key="admin_import_images", placeholder="/data/HAM10000_images")
-        columns = st.text_input("Folder format: column mapping", key="admin_import_columns",
-                                placeholder="image=file,dx=diagnosis,age=age")
+        columns = st.text_input(
+            "Folder format: column mapping", key="admin_import_columns", placeholder="image=file,dx=diagnosis,age=age"
+        )
         preview = st.form_submit_button("Preview rejected rows")
         run = st.form_submit_button("Import", type="primary")
     if preview or run:
@@ -112,8 +114,12 @@ def render_notes(user: str) -> None:
     if c1.button("Generate notes", key="admin_notes_generate"):
         start_job("notes", ["generate", "--strategy", strategy], user)
     report = fidelity_of_notes(store, strategy)
-    c2.metric("Notes contradicting their case", f"{report.get('with_contradictions', 0)} / {report.get('notes', 0)}",
-              f"rate {report.get('rate', 0):.1%}", delta_color="off")
+    c2.metric(
+        "Notes contradicting their case",
+        f"{report.get('with_contradictions', 0)} / {report.get('notes', 0)}",
+        f"rate {report.get('rate', 0):.1%}",
+        delta_color="off",
+    )
     examples = report.get("examples") or []
     if examples:
         c2.dataframe(pd.DataFrame(examples), hide_index=True)
@@ -136,8 +142,9 @@ def training_form_ui() -> list[str] | None:
         preset = c1.selectbox("Preset", ["demo", "default", "tiny", "paper"], key="admin_train_preset")
         image_enc = c1.selectbox("Image encoder", ["(preset)", *IMAGE_ENCODERS.names()], key="admin_train_image")
         text_enc = c1.selectbox("Text encoder", ["(preset)", *TEXT_ENCODERS.names()], key="admin_train_text")
-        freeze = c2.radio("Backbones", ["frozen (cached features, fast on CPU)", "fine-tune (GPU)"],
-                          key="admin_train_freeze")
+        freeze = c2.radio(
+            "Backbones", ["frozen (cached features, fast on CPU)", "fine-tune (GPU)"], key="admin_train_freeze"
+        )
         epochs = c2.number_input("Epochs", 1, 500, 10, key="admin_train_epochs")
         lr = c2.number_input("Learning rate", 1e-6, 0.5, 1e-3, format="%.6f", key="admin_train_lr")
         size = c2.number_input("Image size", 16, 1024, 224, step=16, key="admin_train_size")
@@ -149,10 +156,17 @@ def training_form_ui() -> list[str] | None:
         promote = st.checkbox("Promote when it finishes", key="admin_train_promote")
         if not st.form_submit_button("Start training", type="primary"):
             return None
-    sets = [f"train.freeze_backbones={'true' if freeze.startswith('frozen') else 'false'}",
-            f"train.epochs={epochs}", f"train.lr={lr}", f"model.image_size={size}",
-            f"train.note_strategies={json.dumps(mix)}", f"loss.ntxent={ntxent}", f"loss.cosine={align}",
-            f"loss.l1={align}", f"jobs.gpus={gpus}"]
+    sets = [
+        f"train.freeze_backbones={'true' if freeze.startswith('frozen') else 'false'}",
+        f"train.epochs={epochs}",
+        f"train.lr={lr}",
+        f"model.image_size={size}",
+        f"train.note_strategies={json.dumps(mix)}",
+        f"loss.ntxent={ntxent}",
+        f"loss.cosine={align}",
+        f"loss.l1={align}",
+        f"jobs.gpus={gpus}",
+    ]
     if image_enc != "(preset)":
         sets.append(f"model.image_encoder={image_enc}")
     if text_enc != "(preset)":
@@ -177,8 +191,18 @@ def render_training(user: str) -> None:
     if not recent:
         st.caption("No jobs yet.")
         return
-    table = pd.DataFrame([{"id": j.id, "kind": j.kind, "status": f"{STATUS_ICON.get(j.status, '')} {j.status}",
-                           "by": j.user, "error": j.error} for j in recent])
+    table = pd.DataFrame(
+        [
+            {
+                "id": j.id,
+                "kind": j.kind,
+                "status": f"{STATUS_ICON.get(j.status, '')} {j.status}",
+                "by": j.user,
+                "error": j.error,
+            }
+            for j in recent
+        ]
+    )
     st.dataframe(table, hide_index=True)
     ids = [j.id for j in recent]
     watched = st.session_state.get("admin_watch_job", ids[0])
@@ -195,18 +219,24 @@ def render_job(job_id: int, user: str) -> None:
     jobs.reap()
     job = jobs.get(job_id)
     c1, c2, c3 = st.columns([2, 1, 1])
-    c1.markdown(f"**Job {job.id}** · {job.kind} · {STATUS_ICON.get(job.status, '')} **{job.status}**"
-                + (f" · {job.error}" if job.error else ""))
+    c1.markdown(
+        f"**Job {job.id}** · {job.kind} · {STATUS_ICON.get(job.status, '')} **{job.status}**"
+        + (f" · {job.error}" if job.error else "")
+    )
     if job.status == "running" and c2.button("Cancel", key=f"admin_cancel_{job.id}"):
         jobs.cancel(job.id)
         loaders.get_audit().append("job_cancel", user=user, job=job.id)
-    if job.kind == "train" and job.status in ("failed", "cancelled") and c3.button("Resume", key=f"admin_resume_{job.id}"):
+    if (
+        job.kind == "train"
+        and job.status in ("failed", "cancelled")
+        and c3.button("Resume", key=f"admin_resume_{job.id}")
+    ):
         resumed = jobs.resume(job.id, user=user)
         st.session_state["admin_watch_job"] = resumed.id
     metrics = jobs.metrics(job.id)
     if metrics:
         frame = pd.DataFrame(metrics)
-        x = frame["epoch"] if "epoch" in frame else frame.index
+        x = frame.get("epoch", frame.index)
         losses = [c for c in frame.columns if c.endswith("loss")]
         scores = [c for c in frame.columns if c.startswith("val_") and not c.endswith("loss")]
         g1, g2 = st.columns(2)
@@ -214,8 +244,13 @@ def render_job(job_id: int, user: str) -> None:
         fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), title="Loss", xaxis_title="epoch")
         g1.plotly_chart(fig, key=f"admin_loss_{job.id}")
         fig = go.Figure([go.Scatter(x=x, y=frame[c], name=c, mode="lines+markers") for c in scores])
-        fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), title="Validation", xaxis_title="epoch",
-                          yaxis=dict(range=[0, 1]))
+        fig.update_layout(
+            height=300,
+            margin=dict(l=10, r=10, t=30, b=10),
+            title="Validation",
+            xaxis_title="epoch",
+            yaxis=dict(range=[0, 1]),
+        )
         g2.plotly_chart(fig, key=f"admin_val_{job.id}")
         st.caption(f"{len(metrics)} epochs logged")
     with st.expander("Log", expanded=job.status in ("failed",)):
@@ -239,10 +274,16 @@ def render_models(user: str) -> None:
     for v in reversed(versions):
         card = cards[v]
         fused = card.get("metrics", {}).get("fused", {})
-        rows.append({"version": v, "active": "✅" if v == active else "",
-                     "image encoder": card.get("encoders", {}).get("image", {}).get("name", "?"),
-                     "text encoder": card.get("encoders", {}).get("text", {}).get("name", "?"),
-                     "fused balanced acc.": fused.get("balanced_accuracy"), "fused macro-F1": fused.get("macro_f1")})
+        rows.append(
+            {
+                "version": v,
+                "active": "✅" if v == active else "",
+                "image encoder": card.get("encoders", {}).get("image", {}).get("name", "?"),
+                "text encoder": card.get("encoders", {}).get("text", {}).get("name", "?"),
+                "fused balanced acc.": fused.get("balanced_accuracy"),
+                "fused macro-F1": fused.get("macro_f1"),
+            }
+        )
     st.dataframe(pd.DataFrame(rows), hide_index=True)
     chosen = st.multiselect("Compare model cards", versions, default=[active] if active else [], key="admin_compare")
     if chosen:
@@ -306,8 +347,8 @@ def render_audit() -> None:
     users = sorted({e.get("user", "") for e in entries})
     event = c1.selectbox("Event", ["(all)", *events], key="admin_audit_event")
     who = c2.selectbox("User", ["(all)", *users], key="admin_audit_user")
-    shown = [e for e in entries if (event == "(all)" or e.get("event") == event)
-             and (who == "(all)" or e.get("user") == who)]
+    shown = [
+        e for e in entries if (event == "(all)" or e.get("event") == event) and (who == "(all)" or e.get("user") == who)
+    ]
     if shown:
-        st.dataframe(pd.DataFrame(shown[-500:][::-1]).drop(columns=["prev", "hash"], errors="ignore"),
-                     hide_index=True)
+        st.dataframe(pd.DataFrame(shown[-500:][::-1]).drop(columns=["prev", "hash"], errors="ignore"), hide_index=True)

@@ -12,10 +12,20 @@ import streamlit as st
 from mmcore.cases import DX_NAMES
 
 MODALITIES = {"image": "Image only", "text": "Note only", "fused": "Image + note"}
-HEADLINE = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1",
-            "kappa_quadratic": "kappa (quadratic)", "auroc_macro": "AUROC (macro)", "ece": "ECE"}
-PAIRINGS = {"image_to_image": "image → image", "image_to_text": "image → note", "text_to_image": "note → image",
-            "text_to_text": "note → note"}
+HEADLINE = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced acc.",
+    "macro_f1": "macro-F1",
+    "kappa_quadratic": "kappa (quadratic)",
+    "auroc_macro": "AUROC (macro)",
+    "ece": "ECE",
+}
+PAIRINGS = {
+    "image_to_image": "image → image",
+    "image_to_text": "image → note",
+    "text_to_image": "note → image",
+    "text_to_text": "note → note",
+}
 
 
 def metrics_table(result: dict[str, Any]) -> pd.DataFrame:
@@ -38,10 +48,12 @@ def group_table(groups: dict[str, Any], metric: str = "balanced_accuracy") -> pd
 
 def render_headline(result: dict[str, Any]) -> None:
     base = result.get("baselines", {})
-    st.markdown(f"**{result['n']} {result['split']} cases**, notes written as `{result['text_strategy']}` "
-                f"(what clinicians type). Chance {base.get('chance', 0):.3f}; always guessing "
-                f"*{DX_NAMES.get(base.get('majority_class'), base.get('majority_class'))}* is right "
-                f"{base.get('majority_rate', 0):.1%} of the time.")
+    st.markdown(
+        f"**{result['n']} {result['split']} cases**, notes written as `{result['text_strategy']}` "
+        f"(what clinicians type). Chance {base.get('chance', 0):.3f}; always guessing "
+        f"*{DX_NAMES.get(base.get('majority_class'), base.get('majority_class'))}* is right "
+        f"{base.get('majority_rate', 0):.1%} of the time."
+    )
     st.dataframe(metrics_table(result), hide_index=True)
 
 
@@ -57,8 +69,14 @@ def render_confusion(result: dict[str, Any], modality: str) -> None:
     matrix = result["classification"][modality]["confusion"]
     names = [DX_NAMES.get(c, c) for c in result["classes"]]
     fig = go.Figure(go.Heatmap(z=matrix, x=names, y=names, colorscale="Blues", text=matrix, texttemplate="%{text}"))
-    fig.update_layout(height=460, margin=dict(l=10, r=10, t=40, b=10), title=f"Confusion ({MODALITIES[modality]})",
-                      xaxis_title="model's top class", yaxis_title="true diagnosis", yaxis=dict(autorange="reversed"))
+    fig.update_layout(
+        height=460,
+        margin=dict(l=10, r=10, t=40, b=10),
+        title=f"Confusion ({MODALITIES[modality]})",
+        xaxis_title="model's top class",
+        yaxis_title="true diagnosis",
+        yaxis=dict(autorange="reversed"),
+    )
     st.plotly_chart(fig, key=f"report_confusion_{modality}")
 
 
@@ -66,12 +84,23 @@ def render_calibration(result: dict[str, Any], modality: str) -> None:
     bins = [b for b in result["classification"][modality]["calibration"] if b["count"]]
     fig = go.Figure()
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="grey"), name="perfect")
-    fig.add_scatter(x=[b["confidence"] for b in bins], y=[b["accuracy"] for b in bins], mode="lines+markers",
-                    marker=dict(size=[6 + min(20, b["count"] / 5) for b in bins]), name=MODALITIES[modality])
+    fig.add_scatter(
+        x=[b["confidence"] for b in bins],
+        y=[b["accuracy"] for b in bins],
+        mode="lines+markers",
+        marker=dict(size=[6 + min(20, b["count"] / 5) for b in bins]),
+        name=MODALITIES[modality],
+    )
     ece = result["classification"][modality]["ece"]
-    fig.update_layout(height=400, margin=dict(l=10, r=10, t=40, b=10), title=f"Calibration (ECE {ece:.3f})",
-                      xaxis_title="top score", yaxis_title="fraction correct", xaxis=dict(range=[0, 1]),
-                      yaxis=dict(range=[0, 1]))
+    fig.update_layout(
+        height=400,
+        margin=dict(l=10, r=10, t=40, b=10),
+        title=f"Calibration (ECE {ece:.3f})",
+        xaxis_title="top score",
+        yaxis_title="fraction correct",
+        xaxis=dict(range=[0, 1]),
+        yaxis=dict(range=[0, 1]),
+    )
     st.plotly_chart(fig, key=f"report_calibration_{modality}")
 
 
@@ -82,12 +111,23 @@ def render_retrieval(result: dict[str, Any]) -> None:
         r = result["retrieval"][key]
         fig.add_scatter(x=ks, y=[r.get(f"P@{k}") for k in ks], mode="lines+markers", name=label)
     fig.add_hline(y=result.get("baselines", {}).get("chance", 0), line_dash="dot", annotation_text="chance")
-    fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), title="Retrieval: precision at k (same class)",
-                      xaxis_title="k", yaxis_title="P@k", yaxis=dict(range=[0, 1]))
+    fig.update_layout(
+        height=380,
+        margin=dict(l=10, r=10, t=40, b=10),
+        title="Retrieval: precision at k (same class)",
+        xaxis_title="k",
+        yaxis_title="P@k",
+        yaxis=dict(range=[0, 1]),
+    )
     st.plotly_chart(fig, key="report_retrieval")
-    rows = [{"search": label, "mAP": result["retrieval"][key].get("mAP"),
-             **{f"R@{k}": result["retrieval"][key].get(f"R@{k}") for k in (1, 5, 10)}}
-            for key, label in PAIRINGS.items()]
+    rows = [
+        {
+            "search": label,
+            "mAP": result["retrieval"][key].get("mAP"),
+            **{f"R@{k}": result["retrieval"][key].get(f"R@{k}") for k in (1, 5, 10)},
+        }
+        for key, label in PAIRINGS.items()
+    ]
     st.dataframe(pd.DataFrame(rows).round(3), hide_index=True)
     st.caption("R@k: how often a case's own pair (its photo for its note, or back) is in the top k.")
 
@@ -98,10 +138,21 @@ def render_embedding_map(result: dict[str, Any], colour: str) -> None:
         return
     frame = pd.DataFrame({k: emb[k] for k in ("x", "y", "modality", "dx", "domain", "case_id")})
     frame["diagnosis"] = frame["dx"].map(lambda c: DX_NAMES.get(c, c))
-    fig = px.scatter(frame, x="x", y="y", color="diagnosis" if colour == "diagnosis" else colour, symbol="modality",
-                     hover_data=["case_id", "domain"], opacity=0.7)
+    fig = px.scatter(
+        frame,
+        x="x",
+        y="y",
+        color="diagnosis" if colour == "diagnosis" else colour,
+        symbol="modality",
+        hover_data=["case_id", "domain"],
+        opacity=0.7,
+    )
     var = emb.get("explained_variance", [0, 0])
-    fig.update_layout(height=520, margin=dict(l=10, r=10, t=40, b=10),
-                      title=f"Shared embedding space (PCA: {var[0]:.0%} and {var[1]:.0%} of the variance)",
-                      xaxis_title="PC 1", yaxis_title="PC 2")
+    fig.update_layout(
+        height=520,
+        margin=dict(l=10, r=10, t=40, b=10),
+        title=f"Shared embedding space (PCA: {var[0]:.0%} and {var[1]:.0%} of the variance)",
+        xaxis_title="PC 1",
+        yaxis_title="PC 2",
+    )
     st.plotly_chart(fig, key=f"report_embedding_{colour}")

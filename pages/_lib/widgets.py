@@ -65,8 +65,11 @@ def render_model_card(meta: dict[str, Any]) -> None:
 
 def _flat_metrics(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of (metric, value) from the card's flat metrics ("test_clinical_balanced_accuracy_fused": 0.61)."""
-    return [{"metric": k.replace("_", " "), "value": round(v, 3)} for k, v in sorted(metrics.items())
-            if isinstance(v, int | float) and not isinstance(v, bool)]
+    return [
+        {"metric": k.replace("_", " "), "value": round(v, 3)}
+        for k, v in sorted(metrics.items())
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
 
 
 # ---- inputs ----
@@ -83,38 +86,59 @@ def case_inputs_ui(page: str) -> tuple[bytes | None, str | None, dict[str, Any]]
     with left:
         source = st.radio("Photo", ["Upload", "Camera"], horizontal=True, key=f"{page}_photo_source")
         if source == "Upload":
-            file = st.file_uploader("Lesion photo (JPEG, PNG or HEIC)", type=["jpg", "jpeg", "png", "heic", "heif"],
-                                    key=f"{page}_upload")
+            file = st.file_uploader(
+                "Lesion photo (JPEG, PNG or HEIC)", type=["jpg", "jpeg", "png", "heic", "heif"], key=f"{page}_upload"
+            )
         else:
             file = st.camera_input("Take a photo of the lesion", key=f"{page}_camera")
         image_bytes = file.getvalue() if file is not None else None
     with right:
-        note = st.text_area(
-            "Clinical note", key=f"{page}_note", height=140,
-            placeholder="e.g. 58-year-old man, lesion on the upper back noticed 6 months ago, has grown and "
-            "darkened, occasionally itchy, no bleeding.",
-        ).strip() or None
+        note = (
+            st.text_area(
+                "Clinical note",
+                key=f"{page}_note",
+                height=140,
+                placeholder="e.g. 58-year-old man, lesion on the upper back noticed 6 months ago, has grown and "
+                "darkened, occasionally itchy, no bleeding.",
+            ).strip()
+            or None
+        )
         with st.expander("Patient details (optional)"):
             c1, c2 = st.columns(2)
             age = c1.number_input("Age", min_value=0, max_value=120, value=None, step=1, key=f"{page}_age")
             sex = c2.selectbox("Sex", SEX_CHOICES, key=f"{page}_sex")
             site = c1.selectbox("Anatomic site", list(SITES), index=list(SITES).index("unknown"), key=f"{page}_site")
             fitz = c2.selectbox("Fitzpatrick skin type", FITZPATRICK_CHOICES, key=f"{page}_fitzpatrick")
-    metadata = {"age": age, "sex": None if sex == "unknown" else sex, "site": site,
-                "fitzpatrick": None if fitz == "unknown" else FITZPATRICK_CHOICES.index(fitz)}
+    metadata = {
+        "age": age,
+        "sex": None if sex == "unknown" else sex,
+        "site": site,
+        "fitzpatrick": None if fitz == "unknown" else FITZPATRICK_CHOICES.index(fitz),
+    }
     return image_bytes, note, {k: v for k, v in metadata.items() if v not in (None, "unknown")}
 
 
-def explanation_ui(page: str, classes: list[str] | tuple[str, ...], predicted: str,
-                   has_image: bool) -> tuple[str, str, float]:
+def explanation_ui(
+    page: str, classes: list[str] | tuple[str, ...], predicted: str, has_image: bool
+) -> tuple[str, str, float]:
     """Method, target class and overlay opacity."""
     from mmcore.cases import DX_NAMES
 
     c1, c2, c3 = st.columns(3)
-    methods = {"Grad-CAM": "gradcam", "Integrated Gradients": "ig", "SmoothGrad": "smoothgrad", "Occlusion": "occlusion"}
+    methods = {
+        "Grad-CAM": "gradcam",
+        "Integrated Gradients": "ig",
+        "SmoothGrad": "smoothgrad",
+        "Occlusion": "occlusion",
+    }
     label = c1.selectbox("Saliency method", list(methods), key=f"{page}_method", disabled=not has_image)
-    target = c2.selectbox("Explain the score of", list(classes), index=list(classes).index(predicted),
-                          format_func=lambda c: f"{DX_NAMES.get(c, c)} ({c})", key=f"{page}_target")
+    target = c2.selectbox(
+        "Explain the score of",
+        list(classes),
+        index=list(classes).index(predicted),
+        format_func=lambda c: f"{DX_NAMES.get(c, c)} ({c})",
+        key=f"{page}_target",
+    )
     opacity = c3.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key=f"{page}_opacity", disabled=not has_image)
     return methods[label], target, opacity
 
@@ -133,21 +157,32 @@ def render_prediction(result: Any) -> None:
 
     for warning in result.warnings:
         st.warning(warning)
-    st.markdown(f"**Top {len(result.top)}** ({MODALITY_LABELS[result.modality].lower()}; model scores, "
-                f"not a diagnosis)")
+    st.markdown(
+        f"**Top {len(result.top)}** ({MODALITY_LABELS[result.modality].lower()}; model scores, not a diagnosis)"
+    )
     cols = st.columns(len(result.top))
     for col, score in zip(cols, result.top, strict=True):
-        col.metric(score.name, f"{score.probability:.0%}", MALIGNANCY_BADGE.get(score.malignancy, score.malignancy),
-                   delta_color="off")
+        col.metric(
+            score.name,
+            f"{score.probability:.0%}",
+            MALIGNANCY_BADGE.get(score.malignancy, score.malignancy),
+            delta_color="off",
+        )
     fig = go.Figure()
     for modality, probs in result.probabilities.items():
         if probs:
             codes = list(probs)
-            fig.add_bar(name=MODALITY_LABELS[modality], x=[DX_NAMES.get(c, c) for c in codes],
-                        y=[probs[c] for c in codes])
-    fig.update_layout(barmode="group", height=320, margin=dict(l=10, r=10, t=30, b=10),
-                      yaxis=dict(title="model score", range=[0, 1], tickformat=".0%"),
-                      title="Model scores per modality (not probabilities of disease)", legend=dict(orientation="h"))
+            fig.add_bar(
+                name=MODALITY_LABELS[modality], x=[DX_NAMES.get(c, c) for c in codes], y=[probs[c] for c in codes]
+            )
+    fig.update_layout(
+        barmode="group",
+        height=320,
+        margin=dict(l=10, r=10, t=30, b=10),
+        yaxis=dict(title="model score", range=[0, 1], tickformat=".0%"),
+        title="Model scores per modality (not probabilities of disease)",
+        legend=dict(orientation="h"),
+    )
     st.plotly_chart(fig, key=f"scores_{result.image_sha256[:8]}_{result.note_sha256[:8]}")
     st.caption(f"Model `{result.model_version}`. Scores come from a research model trained on research data.")
 
@@ -158,8 +193,10 @@ def render_explanation(explanation: Any, opacity: float) -> None:
         return
     c1, c2 = st.columns(2)
     c1.image(explanation.image, caption="Photo (upright, as analysed)")
-    c2.image(explanation.overlay(opacity), caption=f"{explanation.method}: where the model looked for "
-             f"{explanation.target} (outline: top 20%)")
+    c2.image(
+        explanation.overlay(opacity),
+        caption=f"{explanation.method}: where the model looked for {explanation.target} (outline: top 20%)",
+    )
     c2.image(explanation.colorbar(), caption="low → high attribution")
 
 
@@ -173,10 +210,13 @@ def render_word_attributions(explanation: Any) -> None:
     for word, score in explanation.words:
         alpha = min(1.0, abs(score))
         colour = f"rgba(0,150,70,{alpha:.2f})" if score >= 0 else f"rgba(200,30,30,{alpha:.2f})"
-        spans.append(f'<span title="{score:+.2f}" style="background:{colour};padding:1px 3px;border-radius:3px">'
-                     f"{html.escape(word)}</span>")
-    st.markdown("**Which words moved the note's score** (Integrated Gradients; green towards "
-                f"*{explanation.target}*, red away)")
+        spans.append(
+            f'<span title="{score:+.2f}" style="background:{colour};padding:1px 3px;border-radius:3px">'
+            f"{html.escape(word)}</span>"
+        )
+    st.markdown(
+        f"**Which words moved the note's score** (Integrated Gradients; green towards *{explanation.target}*, red away)"
+    )
     st.markdown(" ".join(spans), unsafe_allow_html=True)
 
 
@@ -193,15 +233,22 @@ def render_attention(explanation: Any, page: str) -> None:
         tokens = explanation.tokens
         if view.startswith("Rollout") and explanation.rollout is not None:
             fig = go.Figure(go.Bar(x=tokens, y=explanation.rollout))
-            fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10),
-                              title="How much the note's vector draws on each token (attention rollout)")
+            fig.update_layout(
+                height=260,
+                margin=dict(l=10, r=10, t=30, b=10),
+                title="How much the note's vector draws on each token (attention rollout)",
+            )
         else:
             layer = c2.slider("Layer", 1, layers, layers, key=f"{page}_attn_layer")
             head = c2.slider("Head", 1, heads, 1, key=f"{page}_attn_head") if heads > 1 else 1
             matrix = explanation.attentions[layer - 1, head - 1]
             fig = go.Figure(go.Heatmap(z=matrix, x=tokens, y=tokens, colorscale="Inferno"))
-            fig.update_layout(height=420, margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(autorange="reversed"),
-                              title=f"Layer {layer}, head {head}: rows attend to columns")
+            fig.update_layout(
+                height=420,
+                margin=dict(l=10, r=10, t=30, b=10),
+                yaxis=dict(autorange="reversed"),
+                title=f"Layer {layer}, head {head}: rows attend to columns",
+            )
         st.plotly_chart(fig, key=f"{page}_attention_chart")
 
 
@@ -232,19 +279,40 @@ def similar_query_ui(page: str) -> tuple[bytes | None, str | None, str, tuple[fl
     carried_image, carried_note = st.session_state.get("similar_last_query", (None, None))
     left, right = st.columns(2)
     with left:
-        file = st.file_uploader("Query photo (JPEG, PNG or HEIC)", type=["jpg", "jpeg", "png", "heic", "heif"],
-                                key=f"{page}_upload")
+        file = st.file_uploader(
+            "Query photo (JPEG, PNG or HEIC)", type=["jpg", "jpeg", "png", "heic", "heif"], key=f"{page}_upload"
+        )
         image_bytes = file.getvalue() if file is not None else carried_image
         if file is None and carried_image:
             st.caption("Using the photo from Diagnose.")
     with right:
-        note = st.text_area("Query text", value=carried_note or "", key=f"{page}_note", height=100,
-                            placeholder="e.g. irregular dark brown and blue-grey lesion with streaks").strip() or None
+        note = (
+            st.text_area(
+                "Query text",
+                value=carried_note or "",
+                key=f"{page}_note",
+                height=100,
+                placeholder="e.g. irregular dark brown and blue-grey lesion with streaks",
+            ).strip()
+            or None
+        )
     c1, c2 = st.columns(2)
-    collection = c1.radio("Find", ["images", "notes"], horizontal=True, key=f"{page}_collection",
-                          help="Search the library's images or its notes; either query modality works for both.")
-    mix = c2.slider("Weight of the photo when both are given", 0.0, 1.0, 0.5, 0.1, key=f"{page}_mix",
-                    disabled=not (image_bytes and note))
+    collection = c1.radio(
+        "Find",
+        ["images", "notes"],
+        horizontal=True,
+        key=f"{page}_collection",
+        help="Search the library's images or its notes; either query modality works for both.",
+    )
+    mix = c2.slider(
+        "Weight of the photo when both are given",
+        0.0,
+        1.0,
+        0.5,
+        0.1,
+        key=f"{page}_mix",
+        disabled=not (image_bytes and note),
+    )
     return image_bytes, note, "image" if collection == "images" else "text", (mix, 1.0 - mix)
 
 

@@ -2,6 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def build_tiny_home(home: Path, n: int = 84) -> Path:
+    """The demo pipeline on tiny towers: SynthDerm, training, evaluation, promotion, index (seconds)."""
+    env = {**os.environ, "MMDERM_HOME": str(home), "MMDERM_CONFIG": "tiny"}
+    out = subprocess.run(
+        [sys.executable, "-m", "mmcore", "demo", "--n", str(n)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return home
+
 
 def lesion_png(index: int = 3, seed: int = 11, size: int = 64) -> bytes:
     """A SynthDerm lesion photo as PNG bytes, as a clinician would upload it."""

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def build_tiny_home(home: Path, n: int = 84) -> Path:
-    """The demo pipeline on tiny towers: SynthDerm, training, evaluation, promotion, index (seconds)."""
-    env = {**os.environ, "MMDERM_HOME": str(home), "MMDERM_CONFIG": "tiny"}
-    out = subprocess.run([sys.executable, "-m", "mmcore", "demo", "--n", str(n)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return home
+from tests.app.app_helpers import build_tiny_home
 
 
 @pytest.fixture(scope="session")
@@ -46,4 +34,3 @@ def empty_env(tmp_path, monkeypatch):
     st.cache_resource.clear()
     yield tmp_path / "empty"
     st.cache_resource.clear()
-

@@ -18,6 +18,7 @@ def test_streamlit_config_is_hardened():
     assert cfg["client"]["showSidebarNavigation"] is False
     # the upload cap agrees with the intake's byte cap
     assert cfg["server"]["maxUploadSize"] * 1_000_000 == load_config("default", env={}).intake.max_bytes
-    assert not (ROOT / ".streamlit" / "secrets.toml").exists() or ".streamlit/secrets.toml" in (
-        ROOT / ".gitignore"
-    ).read_text()
+    assert (
+        not (ROOT / ".streamlit" / "secrets.toml").exists()
+        or ".streamlit/secrets.toml" in (ROOT / ".gitignore").read_text()
+    )

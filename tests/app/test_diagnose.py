@@ -5,7 +5,7 @@ from __future__ import annotations
 from streamlit.testing.v1 import AppTest
 
 from mmcore.audit import AuditLog
-from app_helpers import NOTE, lesion_png
+from tests.app.app_helpers import NOTE, lesion_png
 
 PAGE = "../../pages/1_Diagnose.py"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from streamlit.testing.v1 import AppTest
 
 from mmcore.cases import CaseStore
-from app_helpers import NOTE, lesion_png
+from tests.app.app_helpers import NOTE, lesion_png
 
 PAGE = "../../pages/2_Similar_cases.py"
 
@@ -42,5 +42,6 @@ def test_side_by_side_comparison(app_env):
     at.run()
     assert not at.exception
     assert any(s.value == "Side by side" for s in at.subheader)
-    assert any("what drives the similarity" in (i.proto.imgs[0].caption if i.proto.imgs else "")
-               for i in at.get("imgs"))
+    assert any(
+        "what drives the similarity" in (i.proto.imgs[0].caption if i.proto.imgs else "") for i in at.get("imgs")
+    )

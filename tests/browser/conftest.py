@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -28,12 +20,6 @@ CHROMIUM_FLAGS = [
 
 def _chromium() -> str | None:
     return os.environ.get("MMDERM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -54,24 +40,3 @@ def browser(chromium_path):
         b = p.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_FLAGS)
         yield b
         b.close()
-
-
-def start_streamlit(home: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = {**os.environ, "MMDERM_HOME": str(home), **(extra_env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"streamlit did not start: {proc.stdout.read().decode()[-2000:] if proc.stdout else ''}")

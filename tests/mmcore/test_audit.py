@@ -13,8 +13,14 @@ from mmcore.audit import AuditLog, sha256_text
 def test_chain_verifies_and_detects_edits_and_deletions(tmp_path):
     log = AuditLog(tmp_path / "audit.jsonl")
     for i in range(5):
-        log.append("predict", user="dr_a", model_version="v1", image_sha256=f"{i:064x}",
-                   note_sha256=sha256_text(f"note {i}"), top_class="nv")
+        log.append(
+            "predict",
+            user="dr_a",
+            model_version="v1",
+            image_sha256=f"{i:064x}",
+            note_sha256=sha256_text(f"note {i}"),
+            top_class="nv",
+        )
     assert log.verify().ok and log.verify().entries == 5
     assert [e["user"] for e in log.read(event="predict")] == ["dr_a"] * 5
 

@@ -122,8 +122,9 @@ def test_splits_keep_lesions_and_patients_together():
     for lesion in range(300):
         for k in range(2 + lesion % 2):
             patient = f"P{lesion // 3}" if lesion % 5 == 0 else ""
-            cases.append(Case(case_id=f"c{lesion}-{k}", source="s", dx="nv", lesion_id=f"L{lesion}",
-                              patient_id=patient))
+            cases.append(
+                Case(case_id=f"c{lesion}-{k}", source="s", dx="nv", lesion_id=f"L{lesion}", patient_id=patient)
+            )
     splits = assign_splits(cases)
     by_lesion: dict[str, set[str]] = {}
     by_patient: dict[str, set[str]] = {}

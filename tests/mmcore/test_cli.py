@@ -15,8 +15,7 @@ from mmcore.cli import HANDLERS, build_parser
 
 def _run(args: list[str], home) -> subprocess.CompletedProcess:
     env = {**os.environ, "MMDERM_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "mmcore", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "mmcore", *args], capture_output=True, text=True, env=env, timeout=120)
 
 
 def test_help_lists_every_command():
@@ -32,8 +31,14 @@ def test_check_image_accepts_and_rejects(tmp_path):
     good.write_bytes(buf.getvalue())
     ok = _run(["check-image", str(good), "--json"], tmp_path / "home")
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout) | {"sha256": ""} == {"file": str(good), "accepted": True, "format": "jpeg",
-                                                      "width": 30, "height": 20, "sha256": ""}
+    assert json.loads(ok.stdout) | {"sha256": ""} == {
+        "file": str(good),
+        "accepted": True,
+        "format": "jpeg",
+        "width": 30,
+        "height": 20,
+        "sha256": "",
+    }
 
     gif = tmp_path / "fake.png"
     Image.new("RGB", (8, 8)).save(gif, format="GIF")

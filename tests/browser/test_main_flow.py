@@ -1,0 +1,125 @@
+"""The main flow in a real browser: Debian chromium, Playwright, `streamlit run` on 127.0.0.1.
+
+Upload a photo, type a note, get scores and an overlay, open Similar cases and the Model report; open the Admin
+URL as a first request without signing in and see no admin content; sign in as admin, start a tiny training job
+and see its curve. Screenshots go to docs/screenshots/ (README shows them when taken on the demo home:
+`MMDERM_BROWSER_HOME=var make screenshots`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.browser.browser_helpers import SCREENSHOTS, start_streamlit
+
+pytestmark = pytest.mark.browser
+ADMIN_PASSWORD = "browser-test-admin"
+NOTE = "58-year-old man, lesion on the upper back noticed a year ago, has grown and darkened, no bleeding."
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from pages._lib.auth import hash_password
+
+    shared = os.environ.get("MMDERM_BROWSER_HOME")
+    if shared:
+        home, config = Path(shared).resolve(), os.environ.get("MMDERM_CONFIG", "default")
+    else:
+        from tests.app.app_helpers import build_tiny_home
+
+        home, config = build_tiny_home(tmp_path_factory.mktemp("browser_home")), "tiny"
+    env = {"MMDERM_CONFIG": config, "MMDERM_ADMIN_PASSWORD_HASH": hash_password(ADMIN_PASSWORD)}
+    proc, url = start_streamlit(home, env)
+    yield url, home, config
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(30)
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(90_000)
+    yield page
+    context.close()
+
+
+def _lesion_file(tmp_path: Path) -> Path:
+    from mmcore.synthderm import generate_one
+
+    path = tmp_path / "lesion.png"
+    generate_one(5, seed=21, size=224).image.save(path)
+    return path
+
+
+def _shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(1500)  # let plotly finish drawing
+    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+
+
+def test_diagnose_similar_and_report(served, page, tmp_path):
+    url, _, _ = served
+    page.goto(url)
+    page.get_by_text("Research use only").first.wait_for()
+    page.get_by_text("Active model").first.wait_for()
+    _shot(page, "home.png")
+
+    page.get_by_role("link", name="Diagnose").first.click()
+    page.get_by_text("Clinical note").first.wait_for()
+    page.locator("input[type=file]").first.set_input_files(str(_lesion_file(tmp_path)))
+    page.get_by_label("Clinical note").fill(NOTE)
+    page.get_by_label("Clinical note").press("Control+Enter")
+    page.get_by_role("button", name="Analyse").click()
+    page.get_by_text("Top 3").first.wait_for()
+    page.get_by_text("where the model looked").first.wait_for()
+    page.get_by_text("Which words moved").first.wait_for()
+    page.get_by_role("button", name="Compare").first.wait_for()
+    assert page.get_by_text("Research use only").count() >= 1
+    _shot(page, "diagnose.png")
+
+    page.get_by_role("link", name="Similar cases").first.click()
+    page.get_by_text("Using the photo from Diagnose").first.wait_for()
+    page.get_by_role("button", name="Compare").first.wait_for()
+    page.get_by_role("button", name="Compare").first.click()
+    page.get_by_text("Side by side").first.wait_for()
+    page.get_by_text("what drives the similarity").first.wait_for()
+    _shot(page, "similar_cases.png")
+
+    page.get_by_role("link", name="Model report").first.click()
+    page.get_by_text("Retrieval: precision at k").first.wait_for()
+    _shot(page, "model_report.png")
+    assert page.get_by_text("Traceback").count() == 0
+
+
+def test_admin_url_as_first_request_shows_nothing_without_login(served, page):
+    url, _, _ = served
+    page.goto(f"{url}/Admin")
+    page.get_by_text("This page is for administrators").first.wait_for()
+    assert page.get_by_text("Import a dataset").count() == 0
+    assert page.get_by_text("Start training").count() == 0
+    assert page.get_by_role("link", name="Admin").count() == 0  # no link to it either
+
+
+def test_admin_signs_in_starts_a_job_and_sees_its_curve(served, page):
+    url, _, config = served
+    page.goto(url)
+    page.get_by_text("Admin sign-in").first.click()
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("link", name="Admin").first.click()
+    page.get_by_role("tab", name="Training").click()
+    form = page.get_by_label("Preset")
+    form.click()
+    page.get_by_role("option", name="tiny").click()
+    page.get_by_label("Epochs").fill("3")
+    page.get_by_label("More overrides (section.key=value, space separated)").fill("train.batch_size=8")
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("Started job").first.wait_for()
+    page.get_by_text("succeeded").first.wait_for(timeout=240_000)
+    page.get_by_text("epochs logged").first.wait_for()
+    _shot(page, "admin_training.png")
