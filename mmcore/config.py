@@ -86,10 +86,13 @@ class IntakeConfig:
 @dataclass(frozen=True)
 class IndexConfig:
     chroma_url: str = ""  # MMDERM_CHROMA_URL: use a Chroma server instead of the local persistent path
+    # exact: NumPy over the collection's vectors (recall 1, 1.08x raw NumPy at 100k: bench/results/retrieval.md);
+    # hnsw: Chroma's HNSW, which missed recall@10 0.99 at 100k on 2 cores unless slower than exact search.
+    search: str = "exact"
     ef_construction: int = 200
-    ef_search: int = 128
+    ef_search: int = 1024  # the only setting that reached recall@10 0.99 at 100k
     max_neighbors: int = 32
-    exact_rerank: bool = True
+    exact_rerank: bool = False  # re-ranking HNSW candidates exactly added cost and no recall
     text_strategy: str = "P1"  # which note of each case the text collection holds
 
 

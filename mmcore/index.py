@@ -1,0 +1,701 @@
+"""The case index: Chroma collections of case embeddings (one per model version and modality) with metadata filters,
+built from the case store's embeddings, searched exactly with NumPy (default) or by HNSW. One process owns a local
+index (file lock); others hand vectors to the case store, or all share a Chroma server (MMDERM_CHROMA_URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import chromadb
+import filelock
+import numpy as np
+from chromadb.config import Settings
+from chromadb.errors import NotFoundError
+from tqdm import tqdm
+
+from mmcore.cases import Case, CaseStore
+from mmcore.cli import CliError, emit
+from mmcore.config import Config, IndexConfig
+
+MODALITIES = ("image", "text")
+SEARCH_MODES = ("exact", "hnsw")
+# Chosen in bench/results/retrieval.md: up to 100k cases of dim 128 on 2 cores, exact NumPy search is both
+# exact and faster per query than Chroma's HNSW at any setting that reaches recall@10 >= 0.99.
+RERANK_FACTOR = 4  # hnsw + exact_rerank: fetch k * RERANK_FACTOR candidates, re-score them exactly
+LOCK_TIMEOUT_S = 0.5
+SNAPSHOT_TTL_S = 5.0  # how often the exact path checks whether the collection changed under it (other replicas)
+_PAGE = 5000  # rows per `get` when the exact path loads a collection
+_CHROMA_SETTINGS = Settings(anonymized_telemetry=False)
+
+# Metadata kept per case. Unknown values (age, sex or Fitzpatrick type None, domain or split "") are left out,
+# because Chroma metadata cannot hold None: a filter on a field therefore never matches a case whose value is
+# unknown (an age range never admits a case of unknown age). Hits give unknowns back as None. The site
+# vocabulary has its own value "unknown", which is stored and filterable like any other site.
+METADATA_FIELDS = ("case_id", "dx", "malignancy", "site", "age", "sex", "fitzpatrick", "source", "domain", "split")
+_NUMBER_FIELDS = frozenset({"age", "fitzpatrick"})  # stored as float and int; the rest are strings
+_COMPARE = {"$gte": np.greater_equal, "$lte": np.less_equal, "$gt": np.greater, "$lt": np.less}
+
+
+class IndexLockedError(RuntimeError):
+    """Another process (or another CaseIndex in this one) owns the local index directory."""
+
+
+class IndexNotBuiltError(LookupError):
+    """No collection exists for this model version and modality."""
+
+
+class FilterError(ValueError):
+    """A filter names an unknown field or has a value of the wrong shape; the message says which."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved case, best first in a result list."""
+
+    case_id: str
+    score: float  # cosine similarity
+    distance: float  # Chroma's cosine distance, 1 - score
+    metadata: dict[str, Any]  # every METADATA_FIELDS key; None where unknown
+
+
+# ---- names, metadata, vectors ----
+
+
+def collection_name(version: str, modality: str) -> str:
+    """`cases__<version>__<modality>`, with the version reduced to Chroma's name rules (plus a hash if changed)."""
+    if not version:
+        raise ValueError("model version is empty")
+    if modality not in MODALITIES:
+        raise ValueError(f"modality {modality!r} is not one of {', '.join(MODALITIES)}")
+    safe = re.sub(r"[^A-Za-z0-9_-]", "-", version)[:200]  # no dots: Chroma refuses ".." in names
+    if safe != version:  # keep "v1.0" and "v1-0" apart
+        safe = f"{safe}-{hashlib.sha256(version.encode()).hexdigest()[:8]}"
+    return f"cases__{safe}__{modality}"
+
+
+def case_metadata(case: Case) -> dict[str, str | int | float]:
+    """The Chroma metadata of a case: METADATA_FIELDS with unknown values left out."""
+    values: dict[str, Any] = {f: getattr(case, f) for f in METADATA_FIELDS}
+    if case.age is not None:
+        values["age"] = float(case.age)  # one type per field, as the case schema has it
+    return {k: v for k, v in values.items() if v is not None and v != ""}
+
+
+def normalise(vector: np.ndarray) -> np.ndarray:
+    """Unit-length float32 copy of a vector (D,) or of each row of (N, D)."""
+    v = np.asarray(vector, dtype=np.float32)
+    norms = np.linalg.norm(v, axis=-1, keepdims=True)
+    if not np.all(np.isfinite(v)) or np.any(norms == 0):
+        raise ValueError("cannot normalise a zero or non-finite vector")
+    return v / norms
+
+
+def combine_queries(
+    image: np.ndarray | None = None, text: np.ndarray | None = None, image_weight: float = 0.5
+) -> np.ndarray:
+    """One query vector: w * image + (1 - w) * text over the normalised vectors, renormalised."""
+    if image is None and text is None:
+        raise ValueError("a query needs an image vector, a text vector or both")
+    if image is None or text is None:
+        return normalise(image if text is None else text)
+    if not 0.0 <= image_weight <= 1.0:
+        raise ValueError(f"image_weight {image_weight} is not between 0 and 1")
+    return normalise(image_weight * normalise(image) + (1.0 - image_weight) * normalise(text))
+
+
+def exact_search(
+    query: np.ndarray, vectors: np.ndarray, k: int, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and cosine similarities of the k rows of unit `vectors` (N, D) nearest `query`, best first.
+
+    `query` is (D,) for one query, giving (k,) arrays, or (Q, D) for a batch, giving (Q, k) arrays. Rows where
+    `mask` (N,) is False are never returned, so fewer than k come back when fewer pass.
+    """
+    q = np.atleast_2d(np.asarray(query, dtype=np.float32))  # (Q, D)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    # One query: einsum runs on this thread. A BLAS matvec waits on its worker threads, which a busy 2-core
+    # machine often deschedules: 100k x 128 took 16 ms that way against 6 ms here, at load average 6.
+    scores = np.einsum("nd,d->n", vectors, q[0])[None] if len(q) == 1 else q @ vectors.T  # (Q, N)
+    rows = None
+    if mask is not None:  # rank only the rows the filter keeps (masking with -inf makes argpartition crawl)
+        rows = np.flatnonzero(mask)
+        scores = scores[:, rows]
+    k = max(0, min(k, scores.shape[1]))
+    part = np.argpartition(scores, -k, axis=1)[:, -k:] if k else np.zeros((len(q), 0), np.intp)  # (Q, k), unordered
+    top = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    idx, sims = np.take_along_axis(part, order, axis=1), np.take_along_axis(top, order, axis=1)
+    if rows is not None:
+        idx = rows[idx]
+    return (idx[0], sims[0]) if np.ndim(query) == 1 else (idx, sims)
+
+
+# ---- filters: one parse, two back ends (Chroma `where` and NumPy masks), so both paths agree ----
+
+
+@dataclass(frozen=True)
+class Condition:
+    field: str
+    op: str  # $eq | $in | $gte | $lte | $gt | $lt
+    value: Any
+
+
+def parse_filters(filters: Mapping[str, Any] | None) -> list[Condition]:
+    """Conditions from a simple dict, ANDed together; a None value means no constraint on that field.
+
+    Each field takes a value, a list of values (any of), or operators as in Chroma: {"$in": [...]}, {"$eq": v},
+    and on the numbers age and fitzpatrick the ranges {"$gte", "$lte", "$gt", "$lt"}. For example
+    {"dx": ["mel", "bcc"], "age": {"$gte": 40, "$lte": 70}, "sex": "male", "fitzpatrick": [5, 6]}.
+    """
+    conditions: list[Condition] = []
+    for key, value in (filters or {}).items():
+        if key not in METADATA_FIELDS:
+            raise FilterError(f"cannot filter by {key!r}; filters: {', '.join(METADATA_FIELDS)}")
+        if value is None:
+            continue
+        ops = dict(value) if isinstance(value, Mapping) else {"$in" if _is_list(value) else "$eq": value}
+        if not ops:
+            raise FilterError(f"filter {key}: no operator in {{}}")
+        for op, operand in ops.items():
+            allowed = ("$eq", "$in", *_COMPARE) if key in _NUMBER_FIELDS else ("$eq", "$in")
+            if op not in allowed:
+                raise FilterError(f"filter {key}: {op!r} is not one of {', '.join(allowed)}")
+            if op == "$in":
+                if not _is_list(operand) or not operand:
+                    raise FilterError(f"filter {key}: $in needs a non-empty list, got {operand!r}")
+                conditions.append(Condition(key, op, sorted({_typed(key, v) for v in operand})))
+            else:
+                conditions.append(Condition(key, op, _typed(key, operand)))
+    return conditions
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list | tuple | set)
+
+
+def _typed(key: str, value: Any) -> str | int | float:
+    """A filter value in its field's stored type; a string for a number (or the reverse) is an error, not a miss."""
+    if key not in _NUMBER_FIELDS:
+        if not isinstance(value, str):
+            raise FilterError(f"filter {key}: {value!r} is not a string")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FilterError(f"filter {key}: {value!r} is not a number")
+    if key == "fitzpatrick":
+        if value != int(value):
+            raise FilterError(f"filter fitzpatrick: {value!r} is not a whole number")
+        return int(value)
+    return float(value)
+
+
+def build_where(filters: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The Chroma `where` for a simple filter dict (None when it constrains nothing)."""
+    return _chroma_where(parse_filters(filters))
+
+
+def _chroma_where(conditions: Sequence[Condition]) -> dict[str, Any] | None:
+    clauses = [{c.field: {c.op: c.value}} for c in conditions]
+    if not clauses:
+        return None
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def _filter_mask(conditions: Sequence[Condition], snap: _Snapshot) -> np.ndarray:
+    """(N,) bool: the rows every condition admits; unknown values (code -1, NaN) are never admitted."""
+    mask = np.ones(len(snap.ids), dtype=bool)
+    for c in conditions:
+        col = snap.columns[c.field]
+        if c.op not in ("$in", "$eq"):  # a range on a number; NaN compares False
+            mask &= _COMPARE[c.op](col, c.value)
+            continue
+        values = c.value if c.op == "$in" else [c.value]
+        if c.field not in _NUMBER_FIELDS:  # text is held as codes into the field's vocabulary; -2 matches nothing
+            values = [snap.vocab[c.field].get(v, -2) for v in values]
+        mask &= np.logical_or.reduce([col == v for v in values])  # a few equalities: 10x faster than np.isin
+    return mask
+
+
+# ---- the index ----
+
+
+@dataclass
+class _Snapshot:
+    """A collection's vectors and metadata in memory, for the exact path."""
+
+    collection_id: str
+    ids: list[str]
+    vectors: np.ndarray  # (N, D) float32, unit rows
+    metadatas: list[dict[str, Any]]
+    columns: dict[str, np.ndarray]  # field -> (N,): float64 for numbers (NaN unknown), else int32 codes (-1 unknown)
+    vocab: dict[str, dict[str, int]]  # text field -> value -> code
+    checked_at: float
+
+    @classmethod
+    def load(cls, collection: Any) -> _Snapshot:
+        ids: list[str] = []
+        chunks: list[np.ndarray] = []
+        metadatas: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            page = collection.get(include=["embeddings", "metadatas"], limit=_PAGE, offset=offset)
+            if not page["ids"]:
+                break
+            ids += page["ids"]
+            chunks.append(np.asarray(page["embeddings"], dtype=np.float32))
+            metadatas += [dict(m or {}) for m in page["metadatas"]]
+            offset += len(page["ids"])
+        vectors = np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+        columns: dict[str, np.ndarray] = {}
+        vocab: dict[str, dict[str, int]] = {}
+        for f in METADATA_FIELDS:
+            values = [m.get(f) for m in metadatas]
+            if f in _NUMBER_FIELDS:
+                columns[f] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+            else:  # codes make a filter an integer comparison instead of one string comparison per row
+                vocab[f] = {v: i for i, v in enumerate(sorted({v for v in values if v is not None}))}
+                columns[f] = np.array([vocab[f].get(v, -1) for v in values], dtype=np.int32)
+        return cls(str(collection.id), ids, vectors, metadatas, columns, vocab, time.monotonic())
+
+
+class CaseIndex:
+    """Case embeddings in Chroma: a local PersistentClient directory that this object owns, or a Chroma server.
+
+    A local directory is safe for one process only, so the owner holds a file lock on it for its lifetime; any
+    other process gets IndexLockedError and should hand its vectors to the case store (the index is rebuilt
+    from there) or talk to a Chroma server (`chroma run --path DIR`, then MMDERM_CHROMA_URL), which is how
+    several app replicas share one case library.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        settings: IndexConfig | None = None,
+        *,
+        search: str | None = None,
+        rerank_factor: int = RERANK_FACTOR,
+    ) -> None:
+        self.settings = settings or IndexConfig()
+        # IndexConfig has no `search` field yet; when it gains one, that value is used.
+        self.search_mode = search or self.settings.search
+        if self.search_mode not in SEARCH_MODES:
+            raise ValueError(f"search {self.search_mode!r} is not one of {', '.join(SEARCH_MODES)}")
+        self.rerank_factor = rerank_factor
+        self.path = Path(path)
+        self._lock: filelock.BaseFileLock | None = None
+        self._mutex = threading.RLock()
+        self._collections: dict[str, Any] = {}
+        self._snapshots: dict[str, _Snapshot] = {}
+        if self.settings.chroma_url:
+            self.location = self.settings.chroma_url
+            self._client = _http_client(self.settings.chroma_url)
+        else:
+            self.location = str(self.path)
+            self._lock = _own(self.path)
+            self._client = chromadb.PersistentClient(path=str(self.path), settings=_CHROMA_SETTINGS)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> CaseIndex:
+        """The index under cfg.index_dir, or the Chroma server at cfg.index.chroma_url when it is set."""
+        return cls(cfg.index_dir, cfg.index)
+
+    def close(self) -> None:
+        """Release the directory lock (a local index) and forget cached collections."""
+        self._collections.clear()
+        self._snapshots.clear()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> CaseIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing --
+
+    def build(
+        self,
+        version: str,
+        store: CaseStore,
+        modalities: Sequence[str] = MODALITIES,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, int]:
+        """Bring the collections of a version in line with the case store's embeddings; returns counts per modality.
+
+        Existing collections are kept (upsert, then ids no longer in the store are deleted); missing ones are
+        created; a modality with no stored embeddings has its collection dropped. Use rebuild() to apply changed
+        ef_construction / max_neighbors.
+        """
+        return self._fill(version, store, modalities, progress, drop=False)
+
+    def rebuild(
+        self,
+        version: str,
+        store: CaseStore,
+        modalities: Sequence[str] = MODALITIES,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, int]:
+        """Drop the version's collections and create them again from the case store."""
+        return self._fill(version, store, modalities, progress, drop=True)
+
+    def _fill(
+        self,
+        version: str,
+        store: CaseStore,
+        modalities: Sequence[str],
+        progress: Callable[[int], None] | None,
+        drop: bool,
+    ) -> dict[str, int]:
+        cases = {c.case_id: c for c in store.cases()}
+        counts: dict[str, int] = {}
+        with self._mutex:
+            for modality in modalities:
+                ids, vectors = store.get_embeddings(version, modality)
+                keep = [i for i, cid in enumerate(ids) if cid in cases]
+                ids = [ids[i] for i in keep]
+                counts[modality] = len(ids)
+                if drop or not ids:
+                    self.drop(version, [modality])
+                if not ids:
+                    continue
+                col = self._create(version, modality)
+                stale = sorted(set(col.get(include=[])["ids"]) - set(ids))  # cases gone from the store
+                for start in range(0, len(stale), self._batch_size()):
+                    col.delete(ids=stale[start : start + self._batch_size()])
+                self.upsert(version, modality, [cases[c] for c in ids], vectors[keep], progress=progress)
+        return counts
+
+    def upsert(
+        self,
+        version: str,
+        modality: str,
+        cases: Sequence[Case],
+        vectors: np.ndarray,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Add or replace cases with their vectors (N, D); the collection is created when missing.
+
+        `progress`, when given, is called with the number of cases written by each batch.
+        """
+        vectors = normalise(np.atleast_2d(vectors))
+        if len(cases) != len(vectors):
+            raise ValueError(f"{len(cases)} cases but {len(vectors)} vectors")
+        with self._mutex:
+            col = self._create(version, modality)
+            batch = self._batch_size()
+            for start in range(0, len(cases), batch):
+                chunk = cases[start : start + batch]
+                col.upsert(
+                    ids=[c.case_id for c in chunk],
+                    embeddings=vectors[start : start + batch],
+                    metadatas=[case_metadata(c) for c in chunk],
+                )
+                if progress:
+                    progress(len(chunk))
+            self._snapshots.pop(col.name, None)
+        return len(cases)
+
+    def drop(self, version: str, modalities: Sequence[str] = MODALITIES) -> None:
+        """Delete the version's collections (no error when they do not exist)."""
+        with self._mutex:
+            for modality in modalities:
+                name = collection_name(version, modality)
+                self._collections.pop(name, None)
+                self._snapshots.pop(name, None)
+                with contextlib.suppress(NotFoundError):
+                    self._client.delete_collection(name)
+
+    def _batch_size(self) -> int:
+        return min(self._client.get_max_batch_size(), 5000)
+
+    def _create(self, version: str, modality: str) -> Any:
+        name = collection_name(version, modality)
+        if name not in self._collections:
+            s = self.settings
+            hnsw = {"space": "cosine", "ef_construction": s.ef_construction, "ef_search": s.ef_search,
+                    "max_neighbors": s.max_neighbors}  # fmt: skip
+            self._collections[name] = self._client.get_or_create_collection(
+                name,
+                embedding_function=None,  # never Chroma's default: it downloads a model; we pass our own vectors
+                configuration={"hnsw": hnsw},
+                metadata={"model_version": version, "modality": modality},
+            )
+            self._sync_ef_search(self._collections[name])
+        return self._collections[name]
+
+    # -- reading --
+
+    def _collection(self, version: str, modality: str, fresh: bool = False) -> Any:
+        name = collection_name(version, modality)
+        if fresh or name not in self._collections:
+            try:
+                col = self._client.get_collection(name, embedding_function=None)
+            except NotFoundError:
+                self._collections.pop(name, None)
+                raise IndexNotBuiltError(f"no {modality} index for model {version!r}: build it first") from None
+            self._sync_ef_search(col)
+            self._collections[name] = col
+        return self._collections[name]
+
+    def _sync_ef_search(self, col: Any) -> None:
+        # ef_search is the one HNSW setting Chroma lets a collection change; it applies when the index is next
+        # loaded (a fresh process or server). ef_construction and max_neighbors need rebuild().
+        hnsw = (col.configuration or {}).get("hnsw") or {}
+        if hnsw.get("ef_search") not in (None, self.settings.ef_search):
+            col.modify(configuration={"hnsw": {"ef_search": self.settings.ef_search}})
+
+    def counts(self, version: str) -> dict[str, int]:
+        """Cases indexed per modality for a version (0 where no collection exists)."""
+        out = {}
+        for modality in MODALITIES:
+            try:
+                out[modality] = self._collection(version, modality, fresh=True).count()
+            except IndexNotBuiltError:
+                out[modality] = 0
+        return out
+
+    def vector(self, version: str, modality: str, case_id: str) -> np.ndarray | None:
+        """The stored unit vector (D,) of one case, or None when the case is not indexed."""
+        got = self._collection(version, modality).get(ids=[case_id], include=["embeddings"])
+        return np.asarray(got["embeddings"][0], dtype=np.float32) if got["ids"] else None
+
+    def query(
+        self,
+        version: str,
+        *,
+        image: np.ndarray | None = None,
+        text: np.ndarray | None = None,
+        modality: str = "image",
+        k: int = 10,
+        where: Mapping[str, Any] | None = None,
+        image_weight: float = 0.5,
+    ) -> list[Hit]:
+        """The k cases of `modality`'s collection nearest an image vector, a text vector or both, best first.
+
+        Both are combined as w * image + (1 - w) * text (combine_queries). Image and text share one space, so a
+        text vector searched in the image collection (or the reverse) is a cross-modal query.
+        """
+        return self.search(version, combine_queries(image, text, image_weight), modality=modality, k=k, where=where)
+
+    def search(
+        self,
+        version: str,
+        vector: np.ndarray,
+        *,
+        modality: str = "image",
+        k: int = 10,
+        where: Mapping[str, Any] | None = None,
+    ) -> list[Hit]:
+        """The k cases of `modality`'s collection nearest one query vector (D,), best first (`where`: parse_filters)."""
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        q = normalise(vector)
+        conditions = parse_filters(where)
+        if self.search_mode == "exact":
+            return self._query_exact(version, modality, q, k, conditions)
+        try:
+            return self._query_hnsw(self._collection(version, modality), q, k, conditions)
+        except NotFoundError:  # another replica rebuilt it under us: look it up again once
+            return self._query_hnsw(self._collection(version, modality, fresh=True), q, k, conditions)
+
+    def _query_hnsw(self, col: Any, q: np.ndarray, k: int, conditions: Sequence[Condition]) -> list[Hit]:
+        rerank = self.settings.exact_rerank
+        include = ["metadatas", "distances", *(["embeddings"] if rerank else [])]
+        n = k * self.rerank_factor if rerank else k
+        res = col.query(query_embeddings=q[None], n_results=n, where=_chroma_where(conditions), include=include)
+        ids, metadatas = res["ids"][0], res["metadatas"][0]
+        if not ids:
+            return []
+        if rerank:  # exact cosine over the candidates (re-rank as in two-stage ANN search)
+            order, sims = exact_search(q, np.asarray(res["embeddings"][0], dtype=np.float32), k)
+        else:
+            order, sims = np.arange(min(k, len(ids))), 1.0 - np.asarray(res["distances"][0][:k], dtype=np.float32)
+        return [_hit(ids[i], float(s), metadatas[i]) for i, s in zip(order, sims, strict=True)]
+
+    def _query_exact(
+        self, version: str, modality: str, q: np.ndarray, k: int, conditions: Sequence[Condition]
+    ) -> list[Hit]:
+        snap = self._snapshot(version, modality)
+        if not snap.ids:
+            return []
+        if snap.vectors.shape[1] != q.shape[0]:
+            raise ValueError(f"query has {q.shape[0]} dimensions, the {modality} index has {snap.vectors.shape[1]}")
+        order, sims = exact_search(q, snap.vectors, k, _filter_mask(conditions, snap) if conditions else None)
+        return [_hit(snap.ids[i], float(s), snap.metadatas[i]) for i, s in zip(order, sims, strict=True)]
+
+    def _snapshot(self, version: str, modality: str) -> _Snapshot:
+        name = collection_name(version, modality)
+        with self._mutex:
+            snap = self._snapshots.get(name)
+            now = time.monotonic()
+            if snap is not None and now - snap.checked_at < SNAPSHOT_TTL_S:
+                return snap
+            col = self._collection(version, modality, fresh=True)
+            if snap is not None and snap.collection_id == str(col.id) and len(snap.ids) == col.count():
+                snap.checked_at = now
+                return snap
+            self._snapshots[name] = snap = _Snapshot.load(col)
+            return snap
+
+
+def _http_client(url: str) -> Any:
+    parts = urlsplit(url if "//" in url else f"//{url}")
+    try:
+        return chromadb.HttpClient(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 8000,
+            ssl=parts.scheme == "https",
+            settings=_CHROMA_SETTINGS,
+        )
+    except ValueError as e:  # what chromadb raises when nothing answers
+        raise ConnectionError(f"no Chroma server answers at {url} ({e})") from None
+
+
+def _own(path: Path) -> filelock.BaseFileLock:
+    """Hold the directory's lock, or raise IndexLockedError when another process or CaseIndex holds it."""
+    path.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(path / "owner.lock", timeout=LOCK_TIMEOUT_S, thread_local=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise IndexLockedError(
+            f"the case index at {path} is already open in another process or object; one process owns a local "
+            "index: hand vectors to the case store, or run a Chroma server and set MMDERM_CHROMA_URL"
+        ) from None
+    return lock
+
+
+def _hit(case_id: str, score: float, metadata: Mapping[str, Any] | None) -> Hit:
+    meta = dict(metadata or {})
+    return Hit(case_id, score, 1.0 - score, {f: meta.get(f) for f in METADATA_FIELDS})
+
+
+# ---- the process's own index: what the Predictor and the pages use ----
+
+_SHARED: dict[tuple[str, IndexConfig], CaseIndex] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def get_index(cfg: Config) -> CaseIndex:
+    """This process's CaseIndex for cfg, opened once and kept: a process owns its local index while it runs."""
+    key = (cfg.index.chroma_url or str(cfg.index_dir), cfg.index)
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = CaseIndex.from_config(cfg)
+        return _SHARED[key]
+
+
+def close_indexes() -> None:
+    """Close every index get_index opened, releasing their locks (tests, shutdown)."""
+    with _SHARED_LOCK:
+        for index in _SHARED.values():
+            index.close()
+        _SHARED.clear()
+
+
+def query(
+    cfg: Config, version: str, modality: str, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None
+) -> list[tuple[str, float]]:
+    """(case_id, cosine similarity) of the k cases nearest `vector` in a version's `modality` collection."""
+    return [(h.case_id, h.score) for h in get_index(cfg).search(version, vector, modality=modality, k=k, where=where)]
+
+
+# ---- `python -m mmcore index build|query|rebuild` ----
+
+
+def cli_index(args: argparse.Namespace, cfg: Config) -> int:
+    """Build, rebuild or query the case index of a model version (default: the active one)."""
+    version = args.model or _active_version(cfg)
+    if not version:
+        raise CliError("no active model: pass --model VERSION or promote one (python -m mmcore models promote V)")
+    try:
+        where = json.loads(args.where) if args.where else None
+    except json.JSONDecodeError as e:
+        raise CliError(f"--where is not JSON ({e})") from None
+    if where is not None and not isinstance(where, dict):
+        raise CliError('--where must be a JSON object, e.g. {"dx": ["mel", "bcc"]}')
+    try:
+        with CaseIndex.from_config(cfg) as index:
+            if args.action == "query":
+                return _cli_query(args, cfg, index, version, where)
+            fill = index.rebuild if args.action == "rebuild" else index.build
+            quiet = True if args.json else None  # None: tqdm shows a bar on a terminal only
+            with CaseStore(cfg.home) as store, tqdm(desc=f"index {args.action}", unit="case", disable=quiet) as bar:
+                counts = fill(version, store, progress=bar.update)
+    except (IndexLockedError, IndexNotBuiltError, ValueError, ConnectionError) as e:
+        raise CliError(str(e).splitlines()[0]) from None
+    if not any(counts.values()):
+        raise CliError(f"no embeddings stored for model {version!r}: embed the cases with that model first")
+    text = f"{args.action}: model {version}, " + ", ".join(f"{m} {n}" for m, n in counts.items())
+    emit(args, {"action": args.action, "model": version, "location": index.location, "counts": counts}, text)
+    return 0
+
+
+def _cli_query(args: argparse.Namespace, cfg: Config, index: CaseIndex, version: str, where: Any) -> int:
+    vectors = _query_vectors(args, cfg, index, version)
+    hits = index.query(version, image=vectors.get("image"), text=vectors.get("text"), modality=args.modality,
+                       k=args.k, where=where)  # fmt: skip
+    lines = [f"{len(hits)} similar cases (model {version}, {args.modality} index):"]
+    for rank, h in enumerate(hits, 1):
+        m = h.metadata
+        lines.append(f"{rank:3d}. {h.case_id}  score {h.score:.4f}  {m['dx']}  {m['site']}  age {m['age']}  {m['sex']}")
+    emit(args, {"model": version, "modality": args.modality, "hits": [asdict(h) for h in hits]}, "\n".join(lines))
+    return 0
+
+
+def _query_vectors(args: argparse.Namespace, cfg: Config, index: CaseIndex, version: str) -> dict[str, np.ndarray]:
+    """--image FILE / --text NOTE embedded by the model, or `case:CASE_ID` in either for a stored case's vector."""
+    if not args.image and not args.text:
+        raise CliError("query needs --image FILE, --text NOTE, or case:CASE_ID in either (a stored case's vector)")
+    vectors: dict[str, np.ndarray] = {}
+    to_embed: dict[str, str] = {}
+    for modality, value in (("image", args.image), ("text", args.text)):
+        if value and value.startswith("case:"):
+            case_id = value.removeprefix("case:")
+            vector = index.vector(version, modality, case_id)
+            if vector is None:
+                raise CliError(f"case {case_id!r} is not in the {modality} index of model {version}")
+            vectors[modality] = vector
+        elif value:
+            to_embed[modality] = value
+    return vectors | (_embed(cfg, version, to_embed) if to_embed else {})
+
+
+def _embed(cfg: Config, version: str, inputs: dict[str, str]) -> dict[str, np.ndarray]:
+    try:
+        from mmcore.predictor import Predictor
+    except ImportError:
+        raise CliError("embedding a query needs mmcore.predictor, which is not available; use case:CASE_ID") from None
+    image_bytes = None
+    if "image" in inputs:
+        path = Path(inputs["image"])
+        if not path.is_file():
+            raise CliError(f"{path}: no such file")
+        image_bytes = path.read_bytes()
+    predictor = Predictor.from_config(cfg)
+    loaded = getattr(predictor, "version", version)
+    if loaded != version:
+        raise CliError(f"--model {version} is not the active model ({loaded}); queries are embedded by the active one")
+    embeds = predictor.embed(image_bytes=image_bytes, note=inputs.get("text"))
+    return {m: np.asarray(embeds[m], dtype=np.float32) for m in inputs}
+
+
+def _active_version(cfg: Config) -> str | None:
+    try:
+        from mmcore.model_store import active_version
+    except ImportError:  # no model store yet: nothing can be active
+        return None
+    return active_version(cfg)
