@@ -256,6 +256,7 @@ class JobManager:
         marked = []
         now = time.time()
         for job in self.list(limit=1000):
+            _wait_child(job.pid)  # supervisors we launched are our children: collect them, no zombies
             if job.status in ("running", "cancelling") and not _alive(job.pid):
                 if not self._collect_exit(job):
                     status = "cancelled" if job.status == "cancelling" else "failed"
@@ -273,9 +274,7 @@ class JobManager:
         return marked
 
     def _collect_exit(self, job: Job) -> bool:
-        # A dead supervisor that was our child must be waited for; its status was written by itself.
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(job.pid, os.WNOHANG)
+        """Whether the dead supervisor wrote its own final status before it went."""
         return self.get(job.id).status not in ACTIVE
 
     def _finish(self, job_id: int, status: str, exit_code: int | None = None, error: str = "") -> None:
@@ -298,8 +297,7 @@ class JobManager:
         if wait:
             deadline = time.time() + self.cfg.jobs.cancel_grace_s
             while time.time() < deadline and _alive(job.pid):
-                with contextlib.suppress(ChildProcessError, OSError):
-                    os.waitpid(job.pid, os.WNOHANG)
+                _wait_child(job.pid)
                 time.sleep(0.1)
             if _alive(job.pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -370,6 +368,13 @@ class JobManager:
                 *args,
             ]
         return [sys.executable, "-m", "mmcore", job.kind, *args]
+
+
+def _wait_child(pid: int | None) -> None:
+    """Collect `pid` if it is our exited child (a no-op for anyone else's process)."""
+    if pid:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 def _strip_option(args: list[str], option: str) -> list[str]:
