@@ -70,7 +70,8 @@ def _home(home_or_cfg: Config | Path | str) -> Path:
     return home_or_cfg.home if isinstance(home_or_cfg, Config) else Path(home_or_cfg)
 
 
-def _version_dir(home_or_cfg: Config | Path | str, version: str) -> Path:
+def version_dir(home_or_cfg: Config | Path | str, version: str) -> Path:
+    """The folder of an existing model version (a clear error for a malformed or unknown name)."""
     if not _VERSION.match(version):
         raise ModelStoreError(f"{version!r} is not a model version name (like v0001-20250101T120000Z)")
     folder = _models_dir(home_or_cfg) / version
@@ -118,7 +119,7 @@ def sha256_file(path: Path) -> str:
 
 def read_metadata(home_or_cfg: Config | Path | str, version: str) -> dict[str, Any]:
     """A version's metadata.json (the model card)."""
-    path = _version_dir(home_or_cfg, version) / METADATA_FILE
+    path = version_dir(home_or_cfg, version) / METADATA_FILE
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -127,7 +128,7 @@ def read_metadata(home_or_cfg: Config | Path | str, version: str) -> dict[str, A
 
 def verify_version(home_or_cfg: Config | Path | str, version: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """Check every recorded SHA-256 (but `skip`); returns the metadata or raises TamperedModelError naming the file."""
-    folder = _version_dir(home_or_cfg, version)
+    folder = version_dir(home_or_cfg, version)
     metadata = read_metadata(home_or_cfg, version)
     files = metadata.get("files")
     if not isinstance(files, dict) or WEIGHTS_FILE not in files:
@@ -277,7 +278,7 @@ def update_metadata(home_or_cfg: Config | Path | str, version: str, **fields: An
         else:
             metadata[key] = value
     _write_atomic(
-        _version_dir(home_or_cfg, version) / METADATA_FILE, json.dumps(metadata, indent=2, default=str) + "\n"
+        version_dir(home_or_cfg, version) / METADATA_FILE, json.dumps(metadata, indent=2, default=str) + "\n"
     )
     return metadata
 
@@ -291,7 +292,7 @@ def load_version(
         raise ModelStoreError(
             f"no active model in {_models_dir(home_or_cfg)}; train one, then `python -m mmcore models promote VERSION`"
         )
-    folder = _version_dir(home_or_cfg, version)
+    folder = version_dir(home_or_cfg, version)
     metadata = verify_version(home_or_cfg, version, skip=(WEIGHTS_FILE,))
     # Hash the very bytes we load, so the weights cannot change between the check and the load.
     data = (folder / WEIGHTS_FILE).read_bytes()

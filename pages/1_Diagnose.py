@@ -32,10 +32,16 @@ request = st.session_state.get("diagnose_request")
 if request is None or request != (image_bytes, note, metadata):
     st.stop()
 
-with st.spinner("Scoring…"):
-    result = loaders.safe_call(predictor.predict, image_bytes, note, metadata, user=user.name)
-if result is None:
-    st.stop()
+# One prediction (and one audit entry) per request: reruns from the explanation widgets reuse it.
+cached = st.session_state.get("diagnose_result")
+if cached is not None and cached[0] == (predictor.version, request):
+    result = cached[1]
+else:
+    with st.spinner("Scoring…"):
+        result = loaders.safe_call(predictor.predict, image_bytes, note, metadata, user=user.name)
+    if result is None:
+        st.stop()
+    st.session_state["diagnose_result"] = ((predictor.version, request), result)
 render_prediction(result)
 
 st.subheader("Why")

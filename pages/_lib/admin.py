@@ -153,7 +153,6 @@ def training_form_ui() -> list[str] | None:
         align = c3.number_input("Cosine and L1 weight", 0.0, 10.0, 1.0, key="admin_train_align")
         gpus = c3.number_input("GPUs (torchrun when > 1)", 0, 16, 0, key="admin_train_gpus")
         extra = st.text_input("More overrides (section.key=value, space separated)", key="admin_train_extra")
-        promote = st.checkbox("Promote when it finishes", key="admin_train_promote")
         if not st.form_submit_button("Start training", type="primary"):
             return None
     sets = [
@@ -179,7 +178,7 @@ def training_form_ui() -> list[str] | None:
     args = ["--config", preset]
     for s in sets:
         args += ["--set", s]
-    return args + (["--promote"] if promote else [])
+    return args  # promotion happens on the Models tab, in this process, which owns the case index
 
 
 def render_training(user: str) -> None:

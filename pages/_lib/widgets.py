@@ -74,6 +74,13 @@ def _flat_metrics(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 # ---- inputs ----
 
+METHOD_LABELS = {
+    "gradcam": "Grad-CAM",
+    "ig": "Integrated Gradients",
+    "smoothgrad": "SmoothGrad",
+    "occlusion": "Occlusion",
+}
+
 SEX_CHOICES = ["unknown", "female", "male"]
 FITZPATRICK_CHOICES = ["unknown", "I", "II", "III", "IV", "V", "VI"]
 
@@ -125,12 +132,7 @@ def explanation_ui(
     from mmcore.cases import DX_NAMES
 
     c1, c2, c3 = st.columns(3)
-    methods = {
-        "Grad-CAM": "gradcam",
-        "Integrated Gradients": "ig",
-        "SmoothGrad": "smoothgrad",
-        "Occlusion": "occlusion",
-    }
+    methods = {label: name for name, label in METHOD_LABELS.items()}
     label = c1.selectbox("Saliency method", list(methods), key=f"{page}_method", disabled=not has_image)
     target = c2.selectbox(
         "Explain the score of",
@@ -193,10 +195,11 @@ def render_explanation(explanation: Any, opacity: float) -> None:
         return
     c1, c2 = st.columns(2)
     c1.image(explanation.image, caption="Photo (upright, as analysed)")
-    c2.image(
-        explanation.overlay(opacity),
-        caption=f"{explanation.method}: where the model looked for {explanation.target} (outline: top 20%)",
-    )
+    from mmcore.cases import DX_NAMES
+
+    method = METHOD_LABELS.get(explanation.method, explanation.method)
+    target = DX_NAMES.get(explanation.target, explanation.target)
+    c2.image(explanation.overlay(opacity), caption=f"{method}: where the model looked for {target} (outline: top 20%)")
     c2.image(explanation.colorbar(), caption="low → high attribution")
 
 
@@ -265,7 +268,9 @@ def render_similar_strip(cases: list[Any], page: str) -> None:
             st.markdown(f"**{case.name}** · {MALIGNANCY_BADGE.get(case.malignancy, case.malignancy)}")
             meta = case.metadata
             details = [f"similarity {case.score:.2f}"]
-            details += [str(meta[k]) for k in ("age", "sex", "site") if meta.get(k) not in (None, "", "unknown")]
+            if meta.get("age") is not None:
+                details.append(f"{meta['age']:.0f} y")
+            details += [str(meta[k]) for k in ("sex", "site") if meta.get(k) not in (None, "", "unknown")]
             if meta.get("domain"):
                 details.append(str(meta["domain"]))
             st.caption(" · ".join(details))

@@ -37,3 +37,14 @@ def lesion_png(index: int = 3, seed: int = 11, size: int = 64) -> bytes:
 
 
 NOTE = "63-year-old man, lesion on the upper back for about a year, recently darker and larger, no bleeding."
+
+
+def open_page(page: str, timeout: float = 120):
+    """An AppTest of the app opened at `page` (e.g. "pages/1_Diagnose.py"), as a user following a link.
+
+    Pages link to app.py with st.page_link, which resolves only when app.py is the entrypoint.
+    """
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout).run()
+    return at.switch_page(page).run()

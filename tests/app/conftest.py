@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import streamlit as st
 
-from tests.app.app_helpers import build_tiny_home
+from app_helpers import build_tiny_home
 
 
 @pytest.fixture(scope="session")

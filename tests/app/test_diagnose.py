@@ -5,13 +5,13 @@ from __future__ import annotations
 from streamlit.testing.v1 import AppTest
 
 from mmcore.audit import AuditLog
-from tests.app.app_helpers import NOTE, lesion_png
+from app_helpers import NOTE, lesion_png, open_page
 
-PAGE = "../../pages/1_Diagnose.py"
+PAGE = "pages/1_Diagnose.py"
 
 
 def _run(image: bytes | None, note: str | None, name: str = "lesion.png") -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at = open_page(PAGE)
     assert not at.exception
     if image is not None:
         at.file_uploader(key="diagnose_upload").upload(name, image, "image/png")
@@ -31,11 +31,11 @@ def test_photo_and_note_give_scores_explanations_and_similar_cases(app_env):
     charts = at.get("plotly_chart")
     assert charts, "the score chart is missing"
     assert any("Image + note" in c.proto.spec for c in charts)
-    assert len(at.get("imgs")) >= 2  # the photo and its overlay (and thumbnails of similar cases)
+    assert len(at.get("image")) >= 2  # the photo and its overlay (and thumbnails of similar cases)
     assert any("Which words moved" in m.value for m in at.markdown)
     assert [b for b in at.button if b.key and b.key.startswith("diagnose_compare_")], "no similar cases shown"
     entries = AuditLog(app_env / "audit.jsonl").read(event="predict")
-    assert entries and entries[-1]["top_class"] and NOTE not in (app_env / "audit.jsonl").read_text()
+    assert entries and entries[-1]["top"] and NOTE not in (app_env / "audit.jsonl").read_text()
 
 
 def test_note_alone_still_predicts(app_env):
@@ -68,3 +68,12 @@ def test_truncated_jpeg_gets_a_friendly_message(app_env):
     at = _run(buf.getvalue()[:400], None, name="photo.jpg")
     assert not at.exception
     assert any("damaged or incomplete" in e.value for e in at.error)
+
+
+def test_changing_the_explanation_does_not_predict_again(app_env):
+    at = _run(lesion_png(), NOTE)
+    before = len(AuditLog(app_env / "audit.jsonl").read(event="predict"))
+    at.slider(key="diagnose_opacity").set_value(0.8).run()
+    at.selectbox(key="diagnose_method").set_value("Occlusion").run()
+    assert not at.exception
+    assert len(AuditLog(app_env / "audit.jsonl").read(event="predict")) == before

@@ -5,9 +5,9 @@ from __future__ import annotations
 from streamlit.testing.v1 import AppTest
 
 from mmcore.cases import CaseStore
-from tests.app.app_helpers import NOTE, lesion_png
+from app_helpers import NOTE, lesion_png, open_page
 
-PAGE = "../../pages/2_Similar_cases.py"
+PAGE = "pages/2_Similar_cases.py"
 
 
 def _captions(at: AppTest) -> str:
@@ -15,7 +15,7 @@ def _captions(at: AppTest) -> str:
 
 
 def test_text_query_finds_images(app_env):
-    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at = open_page(PAGE)
     at.text_area(key="similar_note").input(NOTE).run()
     assert not at.exception
     compare = [b for b in at.button if b.key and b.key.startswith("similar_compare_")]
@@ -24,7 +24,7 @@ def test_text_query_finds_images(app_env):
 
 
 def test_filter_returns_only_matching_cases(app_env):
-    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at = open_page(PAGE)
     at.file_uploader(key="similar_upload").upload("q.png", lesion_png(), "image/png").run()
     at.multiselect(key="similar_f_dx").set_value(["nv"]).run()
     assert not at.exception
@@ -35,7 +35,7 @@ def test_filter_returns_only_matching_cases(app_env):
 
 
 def test_side_by_side_comparison(app_env):
-    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at = open_page(PAGE)
     at.file_uploader(key="similar_upload").upload("q.png", lesion_png(), "image/png").run()
     first = next(b for b in at.button if b.key and b.key.startswith("similar_compare_"))
     at.session_state["similar_compare"] = first.key.removeprefix("similar_compare_")
@@ -43,5 +43,5 @@ def test_side_by_side_comparison(app_env):
     assert not at.exception
     assert any(s.value == "Side by side" for s in at.subheader)
     assert any(
-        "what drives the similarity" in (i.proto.imgs[0].caption if i.proto.imgs else "") for i in at.get("imgs")
+        "what drives the similarity" in (i.proto.imgs[0].caption if i.proto.imgs else "") for i in at.get("image")
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.browser_helpers import SCREENSHOTS, start_streamlit
+from browser_helpers import SCREENSHOTS, start_streamlit
 
 pytestmark = pytest.mark.browser
 ADMIN_PASSWORD = "browser-test-admin"
@@ -29,7 +29,7 @@ def served(tmp_path_factory):
     if shared:
         home, config = Path(shared).resolve(), os.environ.get("MMDERM_CONFIG", "default")
     else:
-        from tests.app.app_helpers import build_tiny_home
+        from app_helpers import build_tiny_home
 
         home, config = build_tiny_home(tmp_path_factory.mktemp("browser_home")), "tiny"
     env = {"MMDERM_CONFIG": config, "MMDERM_ADMIN_PASSWORD_HASH": hash_password(ADMIN_PASSWORD)}
