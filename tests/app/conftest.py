@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
-
 from app_helpers import build_tiny_home
 
 

@@ -15,9 +15,8 @@ ADMIN = {"name": "admin", "role": "admin"}
 
 
 def _as_admin():
-    from streamlit.testing.v1 import AppTest
-
     from app_helpers import ROOT
+    from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
     at.session_state["auth_user"] = ADMIN

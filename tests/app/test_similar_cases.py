@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from app_helpers import NOTE, lesion_png, open_page
 from streamlit.testing.v1 import AppTest
 
 from mmcore.cases import CaseStore
-from app_helpers import NOTE, lesion_png, open_page
 
 PAGE = "pages/2_Similar_cases.py"
 
