@@ -37,7 +37,13 @@ RERANK_FACTOR = 4  # hnsw + exact_rerank: fetch k * RERANK_FACTOR candidates, re
 LOCK_TIMEOUT_S = 0.5
 SNAPSHOT_TTL_S = 5.0  # how often the exact path checks whether the collection changed under it (other replicas)
 _PAGE = 5000  # rows per `get` when the exact path loads a collection
-_CHROMA_SETTINGS = Settings(anonymized_telemetry=False)
+
+
+def _chroma_settings() -> Settings:
+    """Fresh settings per client: chromadb's HttpClient rewrites the Settings object it is given in place, so a
+    shared one would turn every later PersistentClient into an HTTP client."""
+    return Settings(anonymized_telemetry=False)
+
 
 # Metadata kept per case. Unknown values (age, sex or Fitzpatrick type None, domain or split "") are left out,
 # because Chroma metadata cannot hold None: a filter on a field therefore never matches a case whose value is
@@ -303,7 +309,7 @@ class CaseIndex:
         else:
             self.location = str(self.path)
             self._lock = _own(self.path)
-            self._client = chromadb.PersistentClient(path=str(self.path), settings=_CHROMA_SETTINGS)
+            self._client = chromadb.PersistentClient(path=str(self.path), settings=_chroma_settings())
 
     @classmethod
     def from_config(cls, cfg: Config) -> CaseIndex:
@@ -558,7 +564,7 @@ def _http_client(url: str) -> Any:
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 8000,
             ssl=parts.scheme == "https",
-            settings=_CHROMA_SETTINGS,
+            settings=_chroma_settings(),
         )
     except ValueError as e:  # what chromadb raises when nothing answers
         raise ConnectionError(f"no Chroma server answers at {url} ({e})") from None
