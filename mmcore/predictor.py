@@ -1,0 +1,675 @@
+"""The Predictor: what pages call (DESIGN sections 2 and 9). One loaded model version, shared by every Streamlit
+session: predict, explain, find similar cases, embed, and draft a description for a clinician to edit.
+
+Thread safety: predictions run under torch.inference_mode on the shared model, which no one mutates. Explanations
+run on a private copy of the model (Captum's hooks on the shared one would fire in other sessions' forwards),
+one at a time. Caches are LRUs behind their own locks.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from mmcore.audit import AuditLog, sha256_text
+from mmcore.cases import DX_NAMES, MALIGNANCY, CaseStore, normalise_age, normalise_fitzpatrick, normalise_sex
+from mmcore.cases import normalise_site as _normalise_site
+from mmcore.config import Config
+from mmcore.devices import resolve_device
+from mmcore.explain import colorbar, overlay, resize_map, top_region
+from mmcore.explain_image import IMAGE_METHODS, attribute_image, model_lock, similarity_maps
+from mmcore.explain_text import attention_maps, integrated_gradients_text, merge_word_pieces, pooled_relevance, scaled
+from mmcore.images import DecodedImage, load_image
+from mmcore.model import MultimodalModel
+
+DISPLAY_SIDE = 512  # explanations come back at most this many pixels on the long side
+LOW_CONFIDENCE = 0.5
+MALIGNANT_WATCH = 0.2  # a malignant class below the top one but at least this probable gets a warning
+FEW_TRAINING_CASES = 20
+METADATA_KEYS = ("age", "sex", "site", "fitzpatrick")
+
+
+class RetrievalUnavailable(ValueError):
+    """No case index answers for this model version (not built yet, owned by another process, server down)."""
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One class in a ranking: code, full name, probability and where ISIC files it (benign/malignant/indeterminate)."""
+
+    dx: str
+    name: str
+    probability: float
+    malignancy: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Probabilities per modality ("image", "text", "fused": class -> probability, None where absent; "fused" only
+    when both were given), the top-k of `modality` (fused if present, else the one given), input hashes."""
+
+    probabilities: dict[str, dict[str, float] | None]
+    top: list[ClassScore]
+    modality: str
+    image_sha256: str
+    note_sha256: str
+    model_version: str
+    warnings: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why the model scores class `target`.
+
+    image: the upload, upright, at most DISPLAY_SIDE px (None without an image); heatmap: (H, W) float32 in [0, 1]
+    at the image's size. words: [(word, score)] Integrated Gradients over the note's real words, scores in [-1, 1]
+    (positive: pushes towards `target`). tokens: the note as the encoder read it, [CLS]/[SEP] included, aligned
+    with attentions (L, heads, T, T) and rollout (T,) (how much the pooled note vector draws on each token);
+    rollout_words: the rollout merged into words (real tokens only, max 1). through: "own" (each modality's own
+    logits) or "fused".
+    """
+
+    method: str
+    target: str
+    target_index: int
+    through: str
+    model_version: str
+    image: Image.Image | None = None
+    heatmap: np.ndarray | None = None
+    words: list[tuple[str, float]] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    attentions: np.ndarray | None = None
+    rollout: np.ndarray | None = None
+    rollout_words: list[tuple[str, float]] = field(default_factory=list)
+
+    def overlay(self, opacity: float = 0.45, colormap: str = "inferno", contour_top: float | None = 0.2) -> Image.Image:
+        """The photo with the heat map blended at `opacity` and the top-`contour_top` region outlined."""
+        if self.image is None or self.heatmap is None:
+            raise ValueError("this explanation has no image")
+        return overlay(self.image, self.heatmap, opacity, colormap, contour_top)
+
+    def colorbar(self, colormap: str = "inferno") -> Image.Image:
+        """The legend of the overlay's colours."""
+        return colorbar(colormap)
+
+
+@dataclass(frozen=True)
+class SimilarCase:
+    """A retrieved case: cosine similarity `score`, diagnosis, metadata for display, the image file for a thumbnail
+    (None when it is missing), and the case's notes (strategy -> text)."""
+
+    case_id: str
+    score: float
+    dx: str
+    name: str
+    malignancy: str
+    metadata: dict[str, Any]
+    image_path: Path | None
+    notes: dict[str, str]
+    modality: str
+
+
+@dataclass(frozen=True)
+class SimilarityExplanation:
+    """Why a case was retrieved: heat maps ((H, W) in [0, 1]) of what drives the cosine similarity on each image."""
+
+    case_id: str
+    score: float
+    query_image: Image.Image | None
+    query_heatmap: np.ndarray | None
+    case_image: Image.Image | None
+    case_heatmap: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class _ImageInput:
+    sha256: str  # of the decoded pixels, as the case store addresses images
+    size: tuple[int, int]  # of the upload
+    display: Image.Image  # at most DISPLAY_SIDE px
+    tensor: torch.Tensor  # (1, 3, S, S) normalised, on the model's device
+
+
+class _LRU:
+    """A small least-recently-used map behind a lock."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            if key not in self._data:
+                return None
+            self._data.move_to_end(key)
+            return self._data[key]
+
+    def put(self, key: Hashable, value: Any) -> Any:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+        return value
+
+    def get_or(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        found = self.get(key)
+        return found if found is not None else self.put(key, make())
+
+
+class Predictor:
+    """One model version, loaded once; every method is safe to call from many threads at once."""
+
+    def __init__(self, model: MultimodalModel, cfg: Config, version: str, metadata: dict[str, Any]) -> None:
+        self.model = model.eval()
+        self.cfg = cfg
+        self.version = version
+        self.metadata = metadata
+        self.classes: tuple[str, ...] = tuple(model.classes)
+        self.device = next(model.parameters()).device
+        self._transform = model.image_transform()
+        self._images = _LRU(16)
+        self._notes = _LRU(256)
+        self._explanations = _LRU(64)
+        self._explainer: MultimodalModel | None = None
+        self._explainer_lock = threading.Lock()
+        self._audit = AuditLog(cfg.audit_path)
+        self._store: CaseStore | None = None
+        self._store_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, cfg: Config, version: str | None = None) -> Predictor:
+        """Load `version` (None: the active one) on cfg.runtime.device; ModelStoreError says what is missing."""
+        from mmcore.model_store import load_version
+
+        loaded = load_version(cfg, version, device=resolve_device(cfg.runtime.device))
+        return cls(loaded.model, cfg, loaded.version, loaded.metadata)
+
+    # --- inputs -------------------------------------------------------------------------------------------------
+
+    def _image(self, image_bytes: bytes) -> _ImageInput:
+        """Intake and preprocessing, once per upload: a Streamlit rerun, explain and similar reuse them."""
+        key = hashlib.sha256(image_bytes).hexdigest()
+        return self._images.get_or(
+            key, lambda: self._prepare(load_image(image_bytes, self.cfg.intake.max_bytes, self.cfg.intake.max_pixels))
+        )
+
+    def _prepare(self, decoded: DecodedImage) -> _ImageInput:
+        tensor = self._transform(decoded.image).unsqueeze(0).to(self.device)  # (1, 3, S, S)
+        # The copy shown under explanations: a box reduction by an integer factor costs about a millisecond where a
+        # resampling thumbnail of a phone photo costs several (bench/results/predict_overhead.md).
+        factor = math.ceil(max(decoded.size) / DISPLAY_SIDE)
+        display = decoded.image.reduce(factor) if factor > 1 else decoded.image
+        return _ImageInput(decoded.sha256, decoded.size, display, tensor)
+
+    def _note(self, note: str) -> dict[str, torch.Tensor]:
+        key = sha256_text(note)
+        return self._notes.get_or(key, lambda: {k: v.to(self.device) for k, v in self.model.tokenize([note]).items()})
+
+    def _inputs(self, image_bytes: bytes | None, note: str | None) -> tuple[_ImageInput | None, str | None]:
+        note = note.strip() if note and note.strip() else None
+        if image_bytes is None and note is None:
+            raise ValueError("Give a photo, a note, or both.")
+        return (self._image(image_bytes) if image_bytes is not None else None), note
+
+    def _forward(self, image: _ImageInput | None, note: str | None) -> Any:
+        text = self._note(note) if note is not None else {}
+        with torch.inference_mode():
+            return self.model(image.tensor if image is not None else None, **text)
+
+    def _target_index(self, target: str | int | None, default: int) -> int:
+        if target is None:
+            return default
+        if isinstance(target, str):
+            if target not in self.classes:
+                raise ValueError(f"unknown class {target!r}; this model knows {', '.join(self.classes)}")
+            return self.classes.index(target)
+        if not 0 <= int(target) < len(self.classes):
+            raise ValueError(f"class index {target} is outside 0..{len(self.classes) - 1}")
+        return int(target)
+
+    # --- predict ------------------------------------------------------------------------------------------------
+
+    def predict(
+        self,
+        image_bytes: bytes | None,
+        note: str | None,
+        metadata: dict[str, Any] | None = None,
+        user: str = "",
+        top_k: int = 3,
+    ) -> Prediction:
+        """Probabilities from the image, the note, or both; written to the audit log (hashes, never the inputs).
+
+        metadata (age, sex, site, fitzpatrick) is checked and echoed, and warns where training data was thin; the
+        model itself reads only the image and the note. A bad upload raises images.ImageRejected (readable text).
+        """
+        image, note = self._inputs(image_bytes, note)
+        clean, warnings = self._check_metadata(metadata or {})
+        out = self._forward(image, note)
+        probabilities: dict[str, dict[str, float] | None] = {"image": None, "text": None, "fused": None}
+        for modality, logits in (("image", out.image_logits), ("text", out.text_logits)):
+            if logits is not None:
+                probabilities[modality] = self._probs(logits)
+        if image is not None and note is not None:
+            probabilities["fused"] = self._probs(out.fused_logits)
+        modality = "fused" if probabilities["fused"] else ("image" if image is not None else "text")
+        ranked = sorted(probabilities[modality].items(), key=lambda kv: -kv[1])[: max(1, top_k)]
+        top = [ClassScore(dx, DX_NAMES.get(dx, dx), p, MALIGNANCY.get(dx, "indeterminate")) for dx, p in ranked]
+        warnings = self._warnings(probabilities, modality, top, image, note) + warnings
+        prediction = Prediction(
+            probabilities=probabilities,
+            top=top,
+            modality=modality,
+            image_sha256=image.sha256 if image is not None else "",
+            note_sha256=sha256_text(note),
+            model_version=self.version,
+            warnings=warnings,
+            metadata=clean,
+        )
+        self._audit.append(
+            "predict",
+            user,
+            model_version=self.version,
+            image_sha256=prediction.image_sha256,
+            note_sha256=prediction.note_sha256,
+            top=top[0].dx,
+            probability=round(top[0].probability, 4),
+            modality=modality,
+        )
+        return prediction
+
+    def _probs(self, logits: torch.Tensor) -> dict[str, float]:
+        p = logits[0].float().softmax(-1).cpu().tolist()
+        return dict(zip(self.classes, p, strict=True))
+
+    def _warnings(
+        self,
+        probabilities: dict[str, dict[str, float] | None],
+        modality: str,
+        top: list[ClassScore],
+        image: _ImageInput | None,
+        note: str | None,
+    ) -> list[str]:
+        out = []
+        img, txt = probabilities["image"], probabilities["text"]
+        if img and txt:
+            i, t = max(img, key=img.get), max(txt, key=txt.get)
+            if i != t:
+                out.append(
+                    f"image and note disagree: the image points to {DX_NAMES.get(i, i)} ({img[i]:.0%}), "
+                    f"the note to {DX_NAMES.get(t, t)} ({txt[t]:.0%})"
+                )
+        if top[0].probability < LOW_CONFIDENCE:
+            out.append(f"low confidence: the top score is only {top[0].probability:.0%}")
+        ranked = sorted(probabilities[modality].items(), key=lambda kv: -kv[1])
+        for dx, p in ranked[1:]:
+            if MALIGNANCY.get(dx) == "malignant" and p >= MALIGNANT_WATCH and top[0].malignancy != "malignant":
+                out.append(f"a malignant class is close behind: {DX_NAMES.get(dx, dx)} scores {p:.0%}")
+                break
+        side = self.model.image_spec.image_size
+        if image is not None and min(image.size) < side:
+            out.append(
+                f"the photo is {image.size[0]} x {image.size[1]} px, smaller than the model's input "
+                f"({side} px): it was enlarged"
+            )
+        if note is not None and int(self._note(note)["attention_mask"].sum()) >= self.model.cfg.max_text_length:
+            out.append(f"the note is long: only its first {self.model.cfg.max_text_length} tokens were read")
+        return out
+
+    def _check_metadata(self, metadata: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """Normalised age/sex/site/Fitzpatrick (CaseError, a ValueError, on an impossible value) and warnings."""
+        clean: dict[str, Any] = {}
+        warnings = []
+        unknown = sorted(set(metadata) - set(METADATA_KEYS))
+        if unknown:
+            warnings.append(f"ignored metadata fields: {', '.join(unknown)}")
+        if "age" in metadata:
+            clean["age"] = normalise_age(metadata["age"])
+        if "sex" in metadata:
+            clean["sex"] = normalise_sex(metadata["sex"])
+        if "site" in metadata:
+            clean["site"] = _normalise_site(metadata["site"])[0]
+        if "fitzpatrick" in metadata:
+            clean["fitzpatrick"] = normalise_fitzpatrick(metadata["fitzpatrick"])
+        training = self.metadata.get("training_data") or {}
+        training = training.get("train", training)  # counts per field, as train.py records them for dx and domain
+        for key in ("fitzpatrick", "site"):
+            counts = training.get(key)
+            value = clean.get(key)
+            if isinstance(counts, dict) and value is not None:
+                n = int(counts.get(str(value), 0) or 0)
+                if n < FEW_TRAINING_CASES:
+                    warnings.append(f"few training cases with {key} {value} ({n}): scores may be less reliable")
+        return {k: v for k, v in clean.items() if v is not None}, warnings
+
+    # --- explain ------------------------------------------------------------------------------------------------
+
+    def _explainer_model(self) -> MultimodalModel:
+        """A private copy for Captum: its hooks never fire in other sessions' predictions on self.model."""
+        with self._explainer_lock:
+            if self._explainer is None:
+                self._explainer = copy.deepcopy(self.model).eval().requires_grad_(False)
+            return self._explainer
+
+    def explain(
+        self,
+        image_bytes: bytes | None,
+        note: str | None,
+        method: str = "gradcam",
+        target: str | int | None = None,
+        fused: bool = False,
+    ) -> Explanation:
+        """Why the model scores `target` (None: the predicted class): a heat map by `method` (gradcam, ig,
+        smoothgrad, occlusion) on the image, Integrated Gradients and attention on the note. Through each modality's
+        own logits, or the fused ones (`fused=True`, both inputs needed). Cached per (version, inputs, method, target).
+        """
+        if method not in IMAGE_METHODS:
+            raise ValueError(f"unknown explanation method {method!r}; choose one of {', '.join(IMAGE_METHODS)}")
+        image, note = self._inputs(image_bytes, note)
+        fused = bool(fused and image is not None and note is not None)
+        key = (self.version, image.sha256 if image else "", sha256_text(note), method, target, fused)
+        cached = self._explanations.get(key)
+        if cached is not None:
+            return cached
+        index = self._target_index(target, -1)
+        if index < 0:  # the predicted class: fused when both inputs are given
+            index = int(self._forward(image, note).logits.argmax(-1))
+        explainer = self._explainer_model()
+        tokens = self._note(note) if note is not None else None
+        parts: dict[str, Any] = {}
+        with model_lock(explainer):
+            with torch.no_grad():
+                note_features = explainer.text_encoder(**tokens).pooled if fused else None  # (1, F_txt)
+                image_features = explainer.image_encoder(image.tensor) if fused else None  # (1, F_img)
+            if image is not None:
+                heat = attribute_image(explainer, image.tensor, method, index, note_features)[0].cpu().numpy()
+                parts["image"] = image.display
+                parts["heatmap"] = _readonly(np.clip(resize_map(heat, image.display.size), 0, 1))
+            if note is not None:
+                ids, mask = tokens["input_ids"], tokens["attention_mask"]
+                attribution = integrated_gradients_text(explainer, ids, mask, index, image_features)
+                attentions = attention_maps(explainer, ids, mask)
+                relevance = pooled_relevance(explainer.text_encoder, attentions)
+                length = len(relevance)
+                parts["words"] = attribution.words
+                parts["tokens"] = attribution.tokens[:length]
+                parts["attentions"] = _readonly(attentions)
+                parts["rollout"] = _readonly(relevance)
+                parts["rollout_words"] = scaled(
+                    merge_word_pieces(attribution.tokens[:length], relevance, attribution.real[:length])
+                )
+        explanation = Explanation(
+            method=method,
+            target=self.classes[index],
+            target_index=index,
+            through="fused" if fused else "own",
+            model_version=self.version,
+            **parts,
+        )
+        return self._explanations.put(key, explanation)
+
+    # --- embed, similar -----------------------------------------------------------------------------------------
+
+    def embed(self, image_bytes: bytes | None = None, note: str | None = None) -> dict[str, np.ndarray]:
+        """The shared-space embeddings (D,), L2-normalised: "image" and/or "text"."""
+        image, note = self._inputs(image_bytes, note)
+        out = self._forward(image, note)
+        vectors = {"image": out.image_embeds, "text": out.text_embeds}
+        return {k: v[0].float().cpu().numpy() for k, v in vectors.items() if v is not None}
+
+    def similar(
+        self,
+        image_bytes: bytes | None = None,
+        note: str | None = None,
+        k: int = 8,
+        where: dict[str, Any] | None = None,
+        modality: str = "image",
+        weights: tuple[float, float] = (0.5, 0.5),
+    ) -> list[SimilarCase]:
+        """The k cases nearest the query in the `modality` collection ("image" or "text"), best first.
+
+        Image and note live in one space, so a note alone searches the image collection too (cross-modal). With
+        both, the query is w * image + (1 - w) * text, renormalised, with w = weights[0] / sum(weights)
+        (index.combine_queries). `where` filters on case metadata (dx, site, age, sex, fitzpatrick, source, domain;
+        index.parse_filters). RetrievalUnavailable (a ValueError) when this model has no index yet.
+        """
+        from mmcore import index
+
+        if modality not in index.MODALITIES:
+            raise ValueError(f"modality must be one of {', '.join(index.MODALITIES)}, got {modality!r}")
+        w_image, w_text = (float(w) for w in weights)
+        if w_image < 0 or w_text < 0 or w_image + w_text <= 0:
+            raise ValueError(f"weights must be non-negative and not both zero, got {weights}")
+        vectors = self.embed(image_bytes, note)
+        query = index.combine_queries(vectors.get("image"), vectors.get("text"), w_image / (w_image + w_text))
+        try:
+            hits = index.query(self.cfg, self.version, modality, query, k=k, where=where)
+        except (index.IndexNotBuiltError, index.IndexLockedError, ConnectionError) as e:
+            raise RetrievalUnavailable(f"Similar cases are not available: {str(e).splitlines()[0]}") from None
+        return self._cases(hits, modality)
+
+    def _store_handle(self) -> CaseStore:
+        with self._store_lock:
+            if self._store is None:
+                self._store = CaseStore(self.cfg.home)
+            return self._store
+
+    def _cases(self, hits: list[tuple[str, float]], modality: str) -> list[SimilarCase]:
+        store = self._store_handle()
+        out = []
+        with self._store_lock:  # one SQLite connection: reads one at a time
+            for case_id, score in hits:
+                case = store.get(case_id, with_notes=True)
+                if case is None:  # the index is older than the store: skip what was deleted
+                    continue
+                path = store.image_path(case) if case.image_path else None
+                out.append(
+                    SimilarCase(
+                        case_id=case.case_id,
+                        score=float(score),
+                        dx=case.dx,
+                        name=DX_NAMES.get(case.dx, case.dx),
+                        malignancy=case.malignancy,
+                        metadata={
+                            "age": case.age,
+                            "sex": case.sex,
+                            "site": case.site,
+                            "fitzpatrick": case.fitzpatrick,
+                            "source": case.source,
+                            "domain": case.domain,
+                            "split": case.split,
+                        },
+                        image_path=path if path is not None and path.is_file() else None,
+                        notes=dict(case.notes),
+                        modality=modality,
+                    )
+                )
+        return out
+
+    def explain_similarity(
+        self, case_id: str, image_bytes: bytes | None = None, note: str | None = None, method: str = "gradcam"
+    ) -> SimilarityExplanation:
+        """Why `case_id` is similar to the query: a map (method gradcam or ig) of what drives the cosine similarity on
+        each image: the query's image (if any) against the case's image embedding, and the case's image against the
+        query's embedding (its image, else its note: cross-modal)."""
+        image, note = self._inputs(image_bytes, note)
+        store = self._store_handle()
+        with self._store_lock:
+            case = store.get(case_id)
+        if case is None:
+            raise ValueError(f"no case {case_id!r} in the case store")
+        case_input = self._image((store.home / case.image_path).read_bytes())
+        query = self.embed(image_bytes, note)
+        query_vector = query.get("image", query.get("text"))
+        case_vector = self._embed_image(case_input)
+        explainer = self._explainer_model()
+        with model_lock(explainer):
+            query_tensor = torch.from_numpy(query_vector).to(self.device)
+            case_map = similarity_maps(explainer, case_input.tensor, query_tensor, method)
+            query_map = None
+            if image is not None:
+                case_tensor = torch.from_numpy(case_vector).to(self.device)
+                query_map = similarity_maps(explainer, image.tensor, case_tensor, method)
+        return SimilarityExplanation(
+            case_id=case_id,
+            score=float(np.dot(query_vector, case_vector)),
+            query_image=image.display if image is not None else None,
+            query_heatmap=None
+            if query_map is None
+            else _readonly(resize_map(query_map[0].cpu().numpy(), image.display.size)),
+            case_image=case_input.display,
+            case_heatmap=_readonly(resize_map(case_map[0].cpu().numpy(), case_input.display.size)),
+        )
+
+    def _embed_image(self, image: _ImageInput) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(images=image.tensor).image_embeds[0].float().cpu().numpy()
+
+    # --- draft note ---------------------------------------------------------------------------------------------
+
+    def draft_note(self, image_bytes: bytes, user: str = "") -> str:
+        """A short description for a clinician to edit: the predicted class, where the model looked relative to the
+        lesion, and what the nearest past cases' notes say (retrieval + template, after seed 002). Never a finding.
+        """
+        image = self._image(image_bytes)
+        prediction = self.predict(image_bytes, None, user=user)
+        top = prediction.top
+        lines = [
+            f"DRAFT for a clinician to edit: written by mmderm (model {self.version}) from the photo alone. "
+            "It is not a diagnosis and not a clinical finding; check every statement against the lesion.",
+            "",
+            "Model reading: the image scores highest for "
+            + ", then ".join(f"{c.name} ({c.dx}, {c.malignancy}; {c.probability:.0%})" for c in top)
+            + ".",
+        ]
+        explanation = self.explain(image_bytes, None, "gradcam", top[0].dx)
+        lines.append(_where_it_looked(image.display, explanation.heatmap))
+        try:
+            neighbours = self.similar(image_bytes, None, k=5)
+        except RetrievalUnavailable as e:  # the draft still helps without the index; it says what is missing
+            neighbours = []
+            lines.append(f"Similar past cases: not used. {e}")
+        if neighbours:
+            lines.append(_from_neighbours(neighbours, top[0].dx))
+        return "\n".join(lines)
+
+
+def _readonly(array: np.ndarray) -> np.ndarray:
+    """Cached explanations are shared between sessions: their arrays must not be edited in place."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    array.flags.writeable = False
+    return array
+
+
+def _lesion_estimate(image: Image.Image) -> np.ndarray:
+    """(H, W) bool: a rough lesion outline for the draft's wording only.
+
+    Pixels darker than their surroundings (grey over a wide blur of itself, so uneven light cancels out) by Otsu's
+    threshold, at most 0.92; of those blobs, the largest, favouring the centre. Near-black lens corners are ignored.
+    On 90 SynthDerm test images its IoU with the true masks is 0.45 (plain Otsu on grey: 0.31; 0.05 on phone photos).
+    """
+    from scipy import ndimage
+
+    grey = image.convert("L")
+    side = min(image.size)
+    smooth = np.asarray(grey.filter(ImageFilter.GaussianBlur(max(1.0, side / 150))), dtype=np.float32)
+    background = np.asarray(grey.filter(ImageFilter.GaussianBlur(side / 6)), dtype=np.float32)
+    valid = smooth > 20
+    if not valid.any():
+        return np.zeros_like(valid)
+    ratio = smooth / np.maximum(background, 1.0)  # < 1 where darker than the surroundings
+    dark = valid & (ratio < min(_otsu(ratio[valid]), 0.92))
+    labels, n = ndimage.label(dark)
+    if n == 0:
+        return dark
+    index = np.arange(1, n + 1)
+    sizes = ndimage.sum(dark, labels, index)
+    centres = np.array(ndimage.center_of_mass(dark, labels, index))  # (n, 2) row, column
+    offset = np.hypot(centres[:, 0] / dark.shape[0] - 0.5, centres[:, 1] / dark.shape[1] - 0.5)
+    return labels == index[int(np.argmax(sizes * (1 - np.minimum(0.9, offset))))]
+
+
+def _otsu(values: np.ndarray, bins: int = 64) -> float:
+    """Otsu's threshold: the cut of the histogram that maximises the between-class variance."""
+    hist, edges = np.histogram(values, bins=bins)
+    p = hist / max(hist.sum(), 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0, mu = np.cumsum(p), np.cumsum(p * centres)
+    between = (mu[-1] * w0 - mu) ** 2 / np.clip(w0 * (1 - w0), 1e-12, None)
+    return float(centres[int(np.argmax(between))])
+
+
+def _where_it_looked(image: Image.Image, heatmap: np.ndarray, fraction: float = 0.2) -> str:
+    """One sentence: where the top `fraction` of the Grad-CAM map lies, relative to the estimated lesion and photo."""
+    salient = top_region(heatmap, fraction)
+    H, W = salient.shape
+    ys, xs = np.nonzero(salient)
+    cy, cx = ys.mean() / H - 0.5, xs.mean() / W - 0.5
+    if max(abs(cy), abs(cx)) < 0.12:
+        place = "the centre of the photo"
+    else:
+        vertical = "upper" if cy < -0.06 else ("lower" if cy > 0.06 else "")
+        horizontal = "left" if cx < -0.06 else ("right" if cx > 0.06 else "")
+        place = f"the {' '.join(p for p in (vertical, horizontal) if p)} part of the photo"
+    lesion = _lesion_estimate(image)
+    area = lesion.mean()
+    if not 0.02 < area < 0.9:
+        return (
+            f"Where the model looked: the most salient {fraction:.0%} of the image (Grad-CAM) lies in {place}; "
+            "the lesion outline could not be estimated, so its position relative to the lesion is not stated."
+        )
+    inside = float(lesion[salient].mean())
+    ring = Image.fromarray(lesion.astype(np.uint8) * 255)
+    width = max(3, (min(image.size) // 25) | 1)
+    grown, shrunk = ring.filter(ImageFilter.MaxFilter(width)), ring.filter(ImageFilter.MinFilter(width))
+    band = np.asarray(grown) != np.asarray(shrunk)  # a ring around the lesion's outline
+    on_border = float(band[salient].mean())
+    relation = "mostly inside" if inside >= 0.7 else "partly inside" if inside >= 0.3 else "mostly outside"
+    focus = " and concentrates on its border" if on_border >= 0.5 else ""
+    return (
+        f"Where the model looked: the most salient {fraction:.0%} of the image (Grad-CAM) lies {relation} the "
+        f"darker lesion area ({inside:.0%} of it inside){focus}, in {place}; the lesion covers about {area:.0%} "
+        "of the photo (a rough outline estimated from the image)."
+    )
+
+
+_FINDING_KINDS = {"feature": "{}", "structure": "{}", "colour": "{}", "network": "{} network", "border": "{} border"}
+
+
+def _from_neighbours(neighbours: list[SimilarCase], dx: str) -> str:
+    """What the nearest cases were diagnosed as and which findings their notes share (never their patient details)."""
+    from mmcore.fidelity import read_note
+
+    counts = Counter(c.dx for c in neighbours)
+    summary = ", ".join(f"{n} {DX_NAMES.get(d, d)}" for d, n in counts.most_common())
+    same = [c for c in neighbours if c.dx == dx]
+    text = f"Similar past cases: of the {len(neighbours)} nearest, {summary}."
+    findings: Counter[str] = Counter()
+    for case in same:
+        note = next((case.notes[s] for s in ("P1", "M", "clinical") if s in case.notes), None)
+        if note is None:
+            continue
+        seen = set()
+        for claim in read_note(note):
+            if not (claim.negated or claim.hedged) and claim.kind in _FINDING_KINDS:
+                seen.add(_FINDING_KINDS[claim.kind].format(claim.value))
+        findings.update(seen)
+    common = [f for f, n in findings.most_common() if n * 2 >= max(1, len(same))]
+    if common:
+        text += (
+            f" The notes of the {len(same)} similar {DX_NAMES.get(dx, dx)} case(s) often describe: "
+            f"{', '.join(common[:8])}. Confirm or strike each for this lesion."
+        )
+    return text
