@@ -27,6 +27,6 @@ if predictor is None:
 
 render_model_card(predictor.metadata)
 c1, c2, c3 = st.columns(3)
-c1.page_link("pages/1_Diagnose.py", label="Diagnose a lesion", icon="🔬")
-c2.page_link("pages/2_Similar_cases.py", label="Search similar cases", icon="🗂️")
-c3.page_link("pages/3_Model_report.py", label="Read the model report", icon="📊")
+c1.page_link("pages/1_Diagnose.py", label="Diagnose a lesion")
+c2.page_link("pages/2_Similar_cases.py", label="Search similar cases")
+c3.page_link("pages/3_Model_report.py", label="Read the model report")

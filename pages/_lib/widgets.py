@@ -10,17 +10,17 @@ from mmcore import DISCLAIMER
 from pages._lib.auth import User, current_user, login_ui
 
 PAGES = [
-    ("app.py", "Home", "🏠", "clinician"),
-    ("pages/1_Diagnose.py", "Diagnose", "🔬", "clinician"),
-    ("pages/2_Similar_cases.py", "Similar cases", "🗂️", "clinician"),
-    ("pages/3_Model_report.py", "Model report", "📊", "clinician"),
-    ("pages/9_Admin.py", "Admin", "🛠️", "admin"),
+    ("app.py", "Home", "clinician"),
+    ("pages/1_Diagnose.py", "Diagnose", "clinician"),
+    ("pages/2_Similar_cases.py", "Similar cases", "clinician"),
+    ("pages/3_Model_report.py", "Model report", "clinician"),
+    ("pages/9_Admin.py", "Admin", "admin"),
 ]
 
 
 def page_setup(title: str) -> User:
     """Every page starts here: config, the research-use banner, sign-in and links by role."""
-    st.set_page_config(page_title=f"{title} · mmderm", page_icon="🩺", layout="wide")
+    st.set_page_config(page_title=f"{title} · mmderm", layout="wide")
     render_banner()
     user = current_user()
     login_ui()
@@ -35,10 +35,10 @@ def render_banner() -> None:
 def render_nav(user: User) -> None:
     with st.sidebar:
         st.markdown("### mmderm")
-        for path, label, icon, role in PAGES:
+        for path, label, role in PAGES:
             if role == "admin" and not user.is_admin:
                 continue
-            st.page_link(path, label=label, icon=icon)
+            st.page_link(path, label=label)
 
 
 def render_model_card(meta: dict[str, Any]) -> None:
@@ -148,7 +148,12 @@ def explanation_ui(
 # ---- results ----
 
 MODALITY_LABELS = {"image": "Image only", "text": "Note only", "fused": "Image + note"}
-MALIGNANCY_BADGE = {"malignant": "🔴 malignant", "benign": "🟢 benign", "indeterminate": "🟠 indeterminate"}
+# Text, not emoji: a server's Chromium often has no emoji font, and colour alone must not carry the meaning.
+MALIGNANCY_BADGE = {
+    "malignant": ":red[**malignant**]",
+    "benign": ":green[**benign**]",
+    "indeterminate": ":orange[**indeterminate**]",
+}
 
 
 def render_prediction(result: Any) -> None:
@@ -164,12 +169,8 @@ def render_prediction(result: Any) -> None:
     )
     cols = st.columns(len(result.top))
     for col, score in zip(cols, result.top, strict=True):
-        col.metric(
-            score.name,
-            f"{score.probability:.0%}",
-            MALIGNANCY_BADGE.get(score.malignancy, score.malignancy),
-            delta_color="off",
-        )
+        col.metric(score.name, f"{score.probability:.0%}")
+        col.markdown(f"ISIC files it as {MALIGNANCY_BADGE.get(score.malignancy, score.malignancy)}")
     fig = go.Figure()
     for modality, probs in result.probabilities.items():
         if probs:
@@ -194,12 +195,21 @@ def render_explanation(explanation: Any, opacity: float) -> None:
     if explanation.image is None:
         return
     c1, c2 = st.columns(2)
-    c1.image(explanation.image, caption="Photo (upright, as analysed)")
     from mmcore.cases import DX_NAMES
+
+    side = 420  # the photo and its overlay at one size, so a clinician can compare them point by point
+    c1.image(
+        explanation.image.resize((side, round(side * explanation.image.height / explanation.image.width))),
+        caption="Photo (upright, as analysed)",
+    )
 
     method = METHOD_LABELS.get(explanation.method, explanation.method)
     target = DX_NAMES.get(explanation.target, explanation.target)
-    c2.image(explanation.overlay(opacity), caption=f"{method}: where the model looked for {target} (outline: top 20%)")
+    c2.image(
+        explanation.overlay(opacity),
+        width=side,
+        caption=f"{method}: where the model looked for {target} (outline: top 20%)",
+    )
     c2.image(explanation.colorbar(), caption="low → high attribution")
 
 

@@ -13,7 +13,6 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from browser_helpers import SCREENSHOTS, start_streamlit
 
 pytestmark = pytest.mark.browser
@@ -57,9 +56,18 @@ def _lesion_file(tmp_path: Path) -> Path:
 
 
 def _shot(page, name: str) -> None:
+    """A screenshot of the whole page: Streamlit scrolls inside its own container, so grow the viewport to it."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.wait_for_timeout(1500)  # let plotly finish drawing
-    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+    height = page.evaluate(
+        "() => Math.max(...Array.from(document.querySelectorAll('[data-testid=stMain], section, div'))"
+        ".map(e => e.scrollHeight))"
+    )
+    width = page.viewport_size["width"]
+    page.set_viewport_size({"width": width, "height": min(int(height) + 40, 7000)})
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(SCREENSHOTS / name))
+    page.set_viewport_size({"width": width, "height": 1000})
 
 
 def test_diagnose_similar_and_report(served, page, tmp_path):
@@ -109,15 +117,15 @@ def test_admin_signs_in_starts_a_job_and_sees_its_curve(served, page):
     url, _, config = served
     page.goto(url)
     page.get_by_text("Admin sign-in").first.click()
-    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("textbox", name="Password").fill(ADMIN_PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("link", name="Admin").first.click()
     page.get_by_role("tab", name="Training").click()
     form = page.get_by_label("Preset")
     form.click()
     page.get_by_role("option", name="tiny").click()
-    page.get_by_label("Epochs").fill("3")
-    page.get_by_label("More overrides (section.key=value, space separated)").fill("train.batch_size=8")
+    page.get_by_role("spinbutton", name="Epochs").fill("3")
+    page.get_by_role("textbox", name="More overrides (section.key=value, space separated)").fill("train.batch_size=8")
     page.get_by_role("button", name="Start training").click()
     page.get_by_text("Started job").first.wait_for()
     page.get_by_text("succeeded").first.wait_for(timeout=240_000)
