@@ -397,6 +397,9 @@ def run_training(
     if resume:
         cfg = resume_config(cfg, run_dir, sets)
         checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
+        if ddp.main:  # a run killed while writing leaves its half-written temp file; the checkpoint is whole
+            for stale in run_dir.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
         if checkpoint["world_size"] != ddp.world_size:
             _say(
                 f"note: the checkpoint was written by {checkpoint['world_size']} process(es), this run has "

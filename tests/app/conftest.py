@@ -27,6 +27,20 @@ def app_env(tiny_home, monkeypatch):
 
 
 @pytest.fixture
+def app_env_copy(tiny_home, tmp_path, monkeypatch):
+    """A private copy of the tiny home, for tests that change it (training, promotion)."""
+    import shutil
+
+    home = tmp_path / "home"
+    shutil.copytree(tiny_home, home, ignore=shutil.ignore_patterns("*.lock", "jobs"))
+    monkeypatch.setenv("MMDERM_HOME", str(home))
+    monkeypatch.setenv("MMDERM_CONFIG", "tiny")
+    st.cache_resource.clear()
+    yield home
+    st.cache_resource.clear()
+
+
+@pytest.fixture
 def empty_env(tmp_path, monkeypatch):
     monkeypatch.setenv("MMDERM_HOME", str(tmp_path / "empty"))
     monkeypatch.setenv("MMDERM_CONFIG", "tiny")

@@ -31,7 +31,7 @@ def test_admin_page_stops_for_everyone_else(app_env):
     assert not at.tabs and not at.button
 
 
-def test_admin_trains_watches_and_promotes(app_env):
+def test_admin_trains_watches_and_promotes(app_env_copy):
     at = _as_admin()
     assert not at.exception
     assert [t.label for t in at.tabs] == ["Data", "Notes", "Training", "Models", "Index", "Audit"]
@@ -66,7 +66,7 @@ def test_admin_trains_watches_and_promotes(app_env):
     assert active_version(load_config("tiny")) == new[0]
 
 
-def test_bad_training_form_starts_nothing(app_env):
+def test_bad_training_form_starts_nothing(app_env_copy):
     at = _as_admin()
     at.selectbox(key="admin_train_preset").set_value("tiny")
     at.text_input(key="admin_train_extra").input("train.batch_size=1")

@@ -131,3 +131,33 @@ def test_admin_signs_in_starts_a_job_and_sees_its_curve(served, page):
     page.get_by_text("succeeded").first.wait_for(timeout=240_000)
     page.get_by_text("epochs logged").first.wait_for()
     _shot(page, "admin_training.png")
+
+
+def test_eight_concurrent_sessions_predict_and_explain_without_errors(served, browser, tmp_path):
+    """Eight browser sessions press Analyse together; the server runs them at once on one shared Predictor."""
+    from mmcore.audit import AuditLog
+
+    url, home, _ = served
+    before = len(AuditLog(home / "audit.jsonl").read(event="predict"))
+    photo = _lesion_file(tmp_path)
+    contexts = [browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(8)]
+    pages = []
+    for i, context in enumerate(contexts):
+        page = context.new_page()
+        page.set_default_timeout(180_000)
+        page.goto(f"{url}/Diagnose")
+        page.locator("input[type=file]").first.set_input_files(str(photo))
+        page.get_by_label("Clinical note").fill(f"{NOTE} Session {i}.")
+        page.get_by_label("Clinical note").press("Control+Enter")
+        pages.append(page)
+    for page in pages:  # all eight requests in flight before any result is awaited
+        page.get_by_role("button", name="Analyse").click()
+    for page in pages:
+        page.get_by_text("where the model looked").first.wait_for()
+        page.get_by_text("Which words moved").first.wait_for()
+        assert page.get_by_text("Something went wrong").count() == 0
+        assert page.get_by_text("Traceback").count() == 0
+    for context in contexts:
+        context.close()
+    log = AuditLog(home / "audit.jsonl")
+    assert len(log.read(event="predict")) == before + 8 and log.verify().ok
