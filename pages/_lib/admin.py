@@ -17,7 +17,7 @@ from pages._lib import loaders
 
 IMPORT_FORMATS = ["ham10000", "isic", "pad-ufes-20", "derm7pt", "fitzpatrick17k", "scin", "folder"]
 STRATEGIES = ["M", "P1", "P2", "P3", "clinical"]
-STATUS_ICON = {"queued": "⏳", "running": "🏃", "cancelling": "🛑", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
+STATUS_ICON = {"queued": "…", "running": "▶", "cancelling": "■", "succeeded": "✓", "failed": "✗", "cancelled": "■"}
 
 
 def start_job(kind: str, args: list[str], user: str) -> Any | None:
@@ -30,6 +30,7 @@ def start_job(kind: str, args: list[str], user: str) -> Any | None:
         st.error(str(e))
         return None
     st.session_state["admin_watch_job"] = job.id
+    st.session_state["admin_watch_select"] = job.id  # the watcher below switches to the new job
     st.success(f"Started job {job.id} ({kind}).")
     return job
 
@@ -276,7 +277,7 @@ def render_models(user: str) -> None:
         rows.append(
             {
                 "version": v,
-                "active": "✅" if v == active else "",
+                "active": "yes" if v == active else "",
                 "image encoder": card.get("encoders", {}).get("image", {}).get("name", "?"),
                 "text encoder": card.get("encoders", {}).get("text", {}).get("name", "?"),
                 "fused balanced acc.": fused.get("balanced_accuracy"),

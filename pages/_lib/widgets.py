@@ -54,7 +54,12 @@ def render_model_card(meta: dict[str, Any]) -> None:
             col.metric(f"{key.title()} encoder", str(enc.get("name", "?")), pretrained, delta_color="off")
     data = meta.get("training_data", {})
     if data:
-        cols[2].metric("Training cases", data.get("n_train", data.get("cases", "?")))
+        cols[2].metric(
+            "Training cases",
+            data.get("train", {}).get("n", "?"),
+            ", ".join(data.get("note_strategies", [])) + " notes",
+            delta_color="off",
+        )
     metrics = meta.get("metrics", {})
     if metrics:
         st.markdown("**Test metrics** (held-out split; model scores, not diagnoses)")
