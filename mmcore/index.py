@@ -433,12 +433,10 @@ class CaseIndex:
             s = self.settings
             hnsw = {"space": "cosine", "ef_construction": s.ef_construction, "ef_search": s.ef_search,
                     "max_neighbors": s.max_neighbors}  # fmt: skip
-            self._collections[name] = self._client.get_or_create_collection(
-                name,
-                embedding_function=None,  # never Chroma's default: it downloads a model; we pass our own vectors
-                configuration={"hnsw": hnsw},
-                metadata={"model_version": version, "modality": modality},
-            )
+            # embedding_function=None: never Chroma's default, which downloads a model; we pass our own vectors.
+            meta = {"model_version": version, "modality": modality}
+            get = self._client.get_or_create_collection
+            self._collections[name] = get(name, embedding_function=None, configuration={"hnsw": hnsw}, metadata=meta)
             self._sync_ef_search(self._collections[name])
         return self._collections[name]
 
