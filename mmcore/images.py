@@ -94,8 +94,14 @@ def load_image(
     data: bytes,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
 ) -> DecodedImage:
-    """Decode untrusted bytes into a clean upright RGB image, or raise an ImageRejected subclass."""
+    """Decode untrusted bytes into a clean upright RGB image, or raise an ImageRejected subclass.
+
+    min_side: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (in the DCT, several times faster) as long as both
+    sides stay at least this long. The Predictor asks for it; the case store never does, so stored images and
+    their hashes are always full size. The hash is of the pixels decoded.
+    """
     if not data:
         raise EmptyImage("The file is empty (0 bytes).")
     if len(data) > max_bytes:
@@ -118,6 +124,8 @@ def load_image(
                     f"The image declares {w} x {h} pixels ({w * h / 1e6:.0f} megapixels); the limit is "
                     f"{max_pixels / 1e6:.0f} megapixels."
                 )
+            if min_side and fmt == "jpeg":
+                img.draft("RGB", (min_side, min_side))  # Pillow keeps both sides >= the size asked for
             img.load()
         except ImageRejected:
             raise

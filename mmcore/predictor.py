@@ -203,7 +203,12 @@ class Predictor:
         """Intake and preprocessing, once per upload: a Streamlit rerun, explain and similar reuse them."""
         key = hashlib.sha256(image_bytes).hexdigest()
         return self._images.get_or(
-            key, lambda: self._prepare(load_image(image_bytes, self.cfg.intake.max_bytes, self.cfg.intake.max_pixels))
+            key,
+            lambda: self._prepare(
+                # A phone photo decoded at reduced scale (still >= DISPLAY_SIDE, above the model's input): a full
+                # decode of 2 megapixels cost more than the bar of 1.25x the forward (bench/predict_overhead.py).
+                load_image(image_bytes, self.cfg.intake.max_bytes, self.cfg.intake.max_pixels, min_side=DISPLAY_SIDE)
+            ),
         )
 
     def _prepare(self, decoded: DecodedImage) -> _ImageInput:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
+import subprocess
+import sys
 
 import pytest
 
@@ -43,18 +44,18 @@ def test_phi_fields_are_refused(tmp_path):
     assert not log.path.exists() or log.path.read_text() == ""
 
 
-def _append_many(path: str, who: str) -> None:
-    log = AuditLog(path)
-    for i in range(20):
-        log.append("predict", user=who, n=i)
+_APPEND = """
+import sys
+from mmcore.audit import AuditLog
+log = AuditLog(sys.argv[1])
+for i in range(20):
+    log.append("predict", user=sys.argv[2], n=i)
+"""
 
 
 def test_concurrent_processes_keep_one_chain(tmp_path):
     path = str(tmp_path / "audit.jsonl")
-    procs = [mp.get_context("spawn").Process(target=_append_many, args=(path, f"u{k}")) for k in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
+    procs = [subprocess.Popen([sys.executable, "-c", _APPEND, path, f"u{k}"]) for k in range(3)]
+    assert [p.wait(120) for p in procs] == [0, 0, 0]
     report = AuditLog(path).verify()
     assert report.ok and report.entries == 60

@@ -174,3 +174,15 @@ def test_heic_round_trip():
     pillow_heif.from_pillow(_gradient()).save(buf, quality=90)
     decoded = load_image(buf.getvalue())
     assert decoded.format == "heic" and decoded.image.mode == "RGB" and decoded.size == (64, 48)
+
+
+def test_min_side_decodes_a_large_jpeg_smaller_but_never_below_it():
+    big = _save(_gradient(1600, 1200), "JPEG", quality=90)
+    full = load_image(big)
+    reduced = load_image(big, min_side=512)
+    assert full.size == (1600, 1200)
+    assert reduced.size == (800, 600) and min(reduced.size) >= 512
+    small = _save(_gradient(300, 200), "JPEG", quality=90)
+    assert load_image(small, min_side=512).size == (300, 200)  # never upscaled, never reduced below
+    png = _save(_gradient(1600, 1200), "PNG")
+    assert load_image(png, min_side=512).size == (1600, 1200)  # only JPEG has a reduced decode
