@@ -199,15 +199,20 @@ class Predictor:
 
     # --- inputs -------------------------------------------------------------------------------------------------
 
+    @property
+    def _min_side(self) -> int:
+        return max(self.model.image_spec.image_size, DISPLAY_SIDE // 2)
+
     def _image(self, image_bytes: bytes) -> _ImageInput:
         """Intake and preprocessing, once per upload: a Streamlit rerun, explain and similar reuse them."""
         key = hashlib.sha256(image_bytes).hexdigest()
         return self._images.get_or(
             key,
             lambda: self._prepare(
-                # A phone photo decoded at reduced scale (still >= DISPLAY_SIDE, above the model's input): a full
-                # decode of 2 megapixels cost more than the bar of 1.25x the forward (bench/predict_overhead.py).
-                load_image(image_bytes, self.cfg.intake.max_bytes, self.cfg.intake.max_pixels, min_side=DISPLAY_SIDE)
+                # A phone photo decoded at reduced scale, both sides still >= the model's input and half the display
+                # size: a full decode of 2 megapixels cost more than the bar of 1.25x the forward
+                # (bench/predict_overhead.py).
+                load_image(image_bytes, self.cfg.intake.max_bytes, self.cfg.intake.max_pixels, min_side=self._min_side)
             ),
         )
 
