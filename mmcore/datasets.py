@@ -146,6 +146,29 @@ def shard(order: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1
 # ---- image batches (the full fine-tune) -------------------------------------------------------------------------
 
 
+class _EpochSampler:
+    """What both batch sources share: this rank's slice of an epoch's (balanced) order, in whole global batches.
+
+    Subclasses set case_set, batch_size, balanced, seed, rank and world_size.
+    """
+
+    case_set: CaseSet
+    batch_size: int
+    balanced: bool
+    seed: int
+    rank: int
+    world_size: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.case_set) // self.batch_size
+
+    def _rank_order(self, epoch: int) -> tuple[np.ndarray, int]:
+        """(this rank's indices for `epoch`, its local batch size)."""
+        order = epoch_order(self.case_set.labels, self.seed, epoch, self.balanced)
+        return shard(order, self.batch_size, self.rank, self.world_size), self.batch_size // self.world_size
+
+
 class CaseImages(Dataset):
     """Item i: (case i's image through `transform` (3, S, S), i)."""
 
@@ -184,7 +207,7 @@ def image_loader(
     )
 
 
-class ImageTextBatches:
+class ImageTextBatches(_EpochSampler):
     """Training batches of images and tokenized notes: inputs for MultimodalModel.forward."""
 
     def __init__(
@@ -209,20 +232,10 @@ class ImageTextBatches:
         self.num_workers, self.rank, self.world_size = num_workers, rank, world_size
         self.channels_last = device.type == "cuda"
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.case_set) // self.batch_size
-
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """This rank's batches of `epoch`, from batch `start` on (a mid-epoch resume skips without loading)."""
         texts = texts_for(self.case_set, choose_notes(self.case_set, self.seed, epoch))
-        order = shard(
-            epoch_order(self.case_set.labels, self.seed, epoch, self.balanced),
-            self.batch_size,
-            self.rank,
-            self.world_size,
-        )
-        local = self.batch_size // self.world_size
+        order, local = self._rank_order(epoch)
         yield from self._batches(order[start * local :], local, texts, seed=self.seed * 1000 + epoch)
 
     def ordered(self, batch_size: int) -> Iterator[Batch]:
@@ -374,7 +387,7 @@ def text_features(
     return torch.from_numpy(out)
 
 
-class FeatureBatches:
+class FeatureBatches(_EpochSampler):
     """Training batches of cached encoder features: inputs for MultimodalHeads.forward (frozen backbones).
 
     No augmentation here: a feature is computed once per image, which is the point of the mode.
@@ -400,19 +413,9 @@ class FeatureBatches:
         self.batch_size, self.balanced, self.seed, self.device = batch_size, balanced, seed, device
         self.rank, self.world_size = rank, world_size
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.case_set) // self.batch_size
-
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         choice = torch.as_tensor(choose_notes(self.case_set, self.seed, epoch), device=self.device)  # (N,)
-        order = shard(
-            epoch_order(self.case_set.labels, self.seed, epoch, self.balanced),
-            self.batch_size,
-            self.rank,
-            self.world_size,
-        )
-        local = self.batch_size // self.world_size
+        order, local = self._rank_order(epoch)
         for b in range(start, len(order) // local):
             idx = torch.as_tensor(order[b * local : (b + 1) * local], device=self.device)  # (B,)
             yield self._batch(idx, choice[idx])
