@@ -479,8 +479,9 @@ class CaseStore:
         notes = self.notes_of(case_id) if with_notes else None
         return self._case_from_row(row, notes)
 
-    def cases(self, with_notes: bool = False, **filters: Any) -> list[Case]:
-        """Every case matching equality filters (split="test", source="synthderm", domain=[...] for any-of)."""
+    @staticmethod
+    def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
+        """A WHERE clause of equality filters (a list, tuple or set means any of)."""
         where, args = [], []
         for key, value in filters.items():
             if key not in _COLUMNS:
@@ -491,13 +492,18 @@ class CaseStore:
             else:
                 where.append(f"{key} = ?")
                 args.append(value)
-        sql = "SELECT * FROM cases" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY case_id"
-        rows = self._db.execute(sql, args).fetchall()
+        return (f" WHERE {' AND '.join(where)}" if where else ""), args
+
+    def cases(self, with_notes: bool = False, **filters: Any) -> list[Case]:
+        """Every case matching equality filters (split="test", source="synthderm", domain=[...] for any-of)."""
+        where, args = self._where(filters)
+        rows = self._db.execute(f"SELECT * FROM cases{where} ORDER BY case_id", args).fetchall()
         notes = self._all_notes() if with_notes else {}
         return [self._case_from_row(r, notes.get(r["case_id"])) for r in rows]
 
     def count(self, **filters: Any) -> int:
-        return len(self.cases(**filters)) if filters else self._db.execute("SELECT COUNT(*) FROM cases").fetchone()[0]
+        where, args = self._where(filters)
+        return self._db.execute(f"SELECT COUNT(*) FROM cases{where}", args).fetchone()[0]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Counts by source, dx, domain and split (what `python -m mmcore cases` prints)."""

@@ -109,7 +109,7 @@ def import_dataset(
     except BaseException:
         with contextlib.suppress(Exception):  # never hide the error that got us here
             for path in written:  # image files this import wrote that no stored case uses (after the rollback)
-                if not store.cases(image_path=path):
+                if not store.count(image_path=path):
                     (store.home / path).unlink(missing_ok=True)
         raise
 
