@@ -114,7 +114,14 @@ def render_notes(user: str) -> None:
     strategy = c1.selectbox("Strategy", STRATEGIES, key="admin_notes_strategy")
     if c1.button("Generate notes", key="admin_notes_generate"):
         start_job("notes", ["generate", "--strategy", strategy], user)
-    report = fidelity_of_notes(store, strategy)
+    # The check reads every note of the strategy: run it when asked, not on every rerun of the page's tabs.
+    reports = st.session_state.setdefault("admin_fidelity", {})
+    if c1.button("Check fidelity", key="admin_notes_check"):
+        reports[strategy] = fidelity_of_notes(store, strategy)
+    report = reports.get(strategy)
+    if report is None:
+        c2.caption("Press **Check fidelity** to compare every note of this strategy with its case.")
+        return
     c2.metric(
         "Notes contradicting their case",
         f"{report.get('with_contradictions', 0)} / {report.get('notes', 0)}",
@@ -126,6 +133,7 @@ def render_notes(user: str) -> None:
         c2.dataframe(pd.DataFrame(examples), hide_index=True)
     if report.get("with_contradictions") and c2.button("Drop contradicting notes", key="admin_notes_drop"):
         dropped = fidelity_of_notes(store, strategy, drop_contradictions=True)
+        reports.pop(strategy, None)
         loaders.get_audit().append("notes_drop", user=user, strategy=strategy, dropped=dropped.get("dropped", 0))
         st.success(f"Dropped {dropped.get('dropped', 0)} notes; regenerate them with **Generate notes**.")
 

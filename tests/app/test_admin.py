@@ -80,3 +80,13 @@ def test_bad_training_form_starts_nothing(app_env_copy):
 def test_audit_tab_checks_the_chain(app_env):
     at = _as_admin()
     assert any("Chain intact" in s.value for s in at.success)
+
+
+def test_notes_tab_checks_fidelity_on_request(app_env):
+    at = _as_admin()
+    assert not any("contradicting" in m.label for m in at.metric)  # nothing read until asked
+    at.selectbox(key="admin_notes_strategy").set_value("P1").run()
+    at.button(key="admin_notes_check").click().run()
+    assert not at.exception
+    shown = [m for m in at.metric if "contradicting their case" in m.label]
+    assert shown and shown[0].value.startswith("0 / ")  # P1 notes are grounded in the case's findings
