@@ -56,8 +56,15 @@ if explanation is not None:
         render_attention(explanation, "diagnose")
 
 st.subheader("Similar past cases")
-with st.spinner("Searching the case library…"):
-    similar = loaders.safe_call(predictor.similar, image_bytes, note, k=8)
+# Like the prediction, one search per request: moving the opacity slider must not embed and search again.
+found = st.session_state.get("diagnose_similar")
+if found is not None and found[0] == (predictor.version, request):
+    similar = found[1]
+else:
+    with st.spinner("Searching the case library…"):
+        similar = loaders.safe_call(predictor.similar, image_bytes, note, k=8)
+    if similar is not None:
+        st.session_state["diagnose_similar"] = ((predictor.version, request), similar)
 if similar is not None:
     st.session_state["similar_last_query"] = (image_bytes, note)  # the comparison on Similar cases reuses it
     render_similar_strip(similar, "diagnose")
