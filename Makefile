@@ -56,6 +56,10 @@ format: $(STAMP)
 clean-home:
 	rm -rf var
 
-# Screenshots for the README, taken by the browser test against the demo home (after `make demo`).
+# Screenshots for the README, taken by the browser test on a scratch copy of the demo home (after `make demo`): the
+# test starts a training job, whose version must never land in your own data home.
+SCREENS_HOME := $(CURDIR)/.screens-home
 screenshots: setup
-	MMDERM_BROWSER_HOME=$(MMDERM_HOME) $(BIN)/python -m pytest tests/browser -m browser -q
+	rm -rf $(SCREENS_HOME) && cp -a $(MMDERM_HOME) $(SCREENS_HOME) && rm -f $(SCREENS_HOME)/index/owner.lock
+	MMDERM_BROWSER_HOME=$(SCREENS_HOME) MMDERM_SCREENSHOTS=$(CURDIR)/docs/screenshots MMDERM_CONFIG=demo \
+		$(BIN)/python -m pytest tests/browser -m browser -q; status=$$?; rm -rf $(SCREENS_HOME); exit $$status

@@ -25,7 +25,7 @@ if predictor is None:
     st.info("No model is built yet. Run `make run` (it builds the demo model) or `python -m mmcore demo`.")
     st.stop()
 
-render_model_card(predictor.metadata)
+render_model_card(predictor.card)
 c1, c2, c3 = st.columns(3)
 c1.page_link("pages/1_Diagnose.py", label="Diagnose a lesion")
 c2.page_link("pages/2_Similar_cases.py", label="Search similar cases")

@@ -26,7 +26,8 @@ import torch
 
 from mmcore.cases import DX_CLASSES
 from mmcore.config import load_config
-from mmcore.explain import attention_maps, attribute_image, integrated_gradients_text, pooled_relevance
+from mmcore.explain_image import attribute_image
+from mmcore.explain_text import attention_maps, integrated_gradients_text, pooled_relevance
 from mmcore.model import build_model
 from mmcore.notes import write_note
 from mmcore.synthderm import generate_one

@@ -13,7 +13,6 @@ Writes bench/results/paper_replication.md and .json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import statistics
@@ -46,13 +45,11 @@ IMAGE_ONLY_LOSS = {"loss.ce_text": "0", "loss.cosine": "0", "loss.l1": "0", "los
 
 
 def ensure_data(cfg: Config, n: int) -> dict[str, int]:
-    from mmcore.synthderm import cli_synth
+    from mmcore.synthderm import generate_into
 
     with CaseStore(cfg.home) as store:
         if store.count() == 0:
-            args = argparse.Namespace(n=n, seed=0, domains=",".join(DOMAINS), balanced=False, size=224, json=False)
-            with contextlib.redirect_stdout(sys.stderr):
-                cli_synth(args, cfg)
+            generate_into(store, n, seed=0, domains=DOMAINS, size=224)
         return {
             f"{split}/{domain}": store.count(split=split, domain=domain)
             for split in ("train", "val", "test")
@@ -162,7 +159,7 @@ def reading(summary: dict[str, dict[str, dict[str, float]]], n_test: int) -> lis
         f"(at most {max(mean(a, 'image->text R@10') for a in arms):.3f} among {n_test} test notes).",
         "- Frozen backbones: the alignment losses can reshape only the heads, never the image features, which is "
         "the path by which the paper's multimodal training helps the image encoder; a GPU run with "
-        "`train.freeze_backbones=false` is the faithful test.",
+        "`train.finetune=full` (or partial) is the faithful test.",
     ]
 
 

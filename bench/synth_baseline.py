@@ -23,7 +23,8 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mmcore.cases import DX_CLASSES, split_of
+from mmcore.cases import DX_CLASSES
+from mmcore.splits import split_of
 from mmcore.synthderm import generate
 
 RESULTS = Path(__file__).resolve().parent / "results"

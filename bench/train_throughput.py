@@ -11,7 +11,6 @@ else the machine runs; the ratios are measured in one run. Writes bench/results/
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import statistics
@@ -34,15 +33,11 @@ RESULTS = REPO_ROOT / "bench" / "results"
 
 
 def ensure_data(cfg: Config, n: int) -> None:
-    from mmcore.synthderm import cli_synth
+    from mmcore.synthderm import generate_into
 
     with CaseStore(cfg.home) as store:
         if store.count() == 0:
-            args = argparse.Namespace(
-                n=n, seed=0, domains="dermoscopy,clinical,atlas", balanced=True, size=cfg.model.image_size, json=False
-            )
-            with contextlib.redirect_stdout(sys.stderr):
-                cli_synth(args, cfg)
+            generate_into(store, n, seed=0, size=cfg.model.image_size, balanced=True)
 
 
 def _sync(device: torch.device) -> None:
@@ -56,7 +51,7 @@ def measure(cfg: Config, device: torch.device, steps: int, rounds: int, warmup: 
     t = cfg.train
     torch.manual_seed(0)
     model = build_model(cfg.model, DX_CLASSES)
-    if t.freeze_backbones:
+    if t.finetune == "heads":
         model.freeze_backbones()
     model = model.to(device)
     if device.type == "cuda":
@@ -70,7 +65,7 @@ def measure(cfg: Config, device: torch.device, steps: int, rounds: int, warmup: 
     with CaseStore(cfg.home) as store:
         cases = load_case_set(store, "train", DX_CLASSES, t.note_strategies)
         extract = None
-        if t.freeze_backbones:
+        if t.finetune == "heads":
             t0 = time.perf_counter()
             images, texts = cached_features(model, store, cases, cfg.cache_dir, device)
             extract = time.perf_counter() - t0
@@ -181,10 +176,10 @@ def main() -> int:
     ensure_data(default, args.n)
     cpu = torch.device("cpu")
     for name, frozen, steps in (
-        ("default, full fine-tune (CPU)", "false", args.steps),
-        ("default, frozen backbones (CPU)", "true", args.frozen_steps),
+        ("default, full fine-tune (CPU)", "full", args.steps),
+        ("default, frozen backbones (CPU)", "heads", args.frozen_steps),
     ):
-        cfg = default.replace(**{"train.freeze_backbones": frozen})
+        cfg = default.replace(**{"train.finetune": frozen})
         print(f"measuring {name} ...", file=sys.stderr)
         results[name] = measure(cfg, cpu, steps, args.rounds, args.warmup)
         print(f"  {results[name]}", file=sys.stderr)

@@ -1,7 +1,7 @@
-"""`python -m mmcore`: see mmcore.cli."""
+"""`python -m mmcore`: see mmcore.commands."""
 
 import sys
 
-from mmcore.cli import main
+from mmcore.commands import main
 
 sys.exit(main())

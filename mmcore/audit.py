@@ -6,8 +6,10 @@ says where. Entries hold hashes of inputs, never a note's text, an image or EXIF
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,21 @@ FORBIDDEN = {"note", "text", "image", "image_bytes", "exif", "name", "patient_na
 def sha256_text(text: str | None) -> str:
     """SHA-256 of a note's text ("" for no note): what the log keeps instead of the text."""
     return hashlib.sha256(text.encode()).hexdigest() if text else ""
+
+
+ACTING_USER_ENV = "MMDERM_ACTING_USER"  # set by the job supervisor: the signed-in user who started the job
+
+
+def acting_user() -> str:
+    """Who a command-line action is done for, as the audit log records it: the app user who started the job, else
+    the operating-system user running the command ("os:<login name>")."""
+    if os.environ.get(ACTING_USER_ENV):
+        return os.environ[ACTING_USER_ENV]
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for this uid (some containers)
+        name = f"uid{os.getuid()}"
+    return f"os:{name}"
 
 
 def _entry_hash(entry: dict[str, Any]) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from isic_metadata.fields import AnatomSiteGeneralEnum, DiagnosisConfirmTypeEnum
 from PIL import Image
 
 from mmcore.images import DecodedImage, encode_image
+from mmcore.splits import SPLITS, assign_groups, split_of
 
 # The seven HAM10000 classes the models learn, then the codes other datasets add.
 DX_CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
@@ -58,7 +58,6 @@ SITES: tuple[str, ...] = (*(e.value for e in AnatomSiteGeneralEnum), "torso", "u
 DX_TYPES: tuple[str, ...] = tuple(e.value for e in DiagnosisConfirmTypeEnum)
 FITZPATRICK_ROMAN = {e.value: i + 1 for i, e in enumerate(FitzpatrickSkinType)}  # "I" -> 1 ... "VI" -> 6
 DOMAINS = ("dermoscopy", "clinical", "atlas")
-SPLITS = ("train", "val", "test")
 
 
 class CaseError(ValueError):
@@ -221,61 +220,6 @@ def validate_case(case: Case) -> None:
         raise CaseError(f"split {case.split!r} is not one of {', '.join(SPLITS)}")
 
 
-# ---- splits: by connected group of lesion and patient ----
-
-
-def split_of(key: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0) -> str:
-    """A stable split for a group key: the same key always lands in the same split."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    total = sum(fractions)
-    edge = 0.0
-    for name, frac in zip(SPLITS, fractions, strict=True):
-        edge += frac / total
-        if u < edge:
-            return name
-    return SPLITS[-1]
-
-
-def assign_splits(
-    cases: Iterable[Case], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
-) -> dict[str, str]:
-    """case_id -> split, keeping every image of a lesion and every lesion of a patient in one split.
-
-    Cases sharing a lesion_id or a patient_id (within one source) form a group (union-find); the group's
-    smallest key picks its split, so a group never straddles train and test.
-    """
-    groups = assign_groups(cases)
-    return {cid: split_of(g, fractions, seed) for cid, g in groups.items()}
-
-
-def assign_groups(cases: Iterable[Case]) -> dict[str, str]:
-    """case_id -> group key: the connected component of shared lesion_id and patient_id (union-find)."""
-    cases = list(cases)
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def union(a: str, b: str) -> None:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-
-    for c in cases:
-        node = f"case:{c.case_id}"
-        find(node)
-        if c.lesion_id:
-            union(node, f"lesion:{c.source}:{c.lesion_id}")
-        if c.patient_id:
-            union(node, f"patient:{c.source}:{c.patient_id}")
-    return {c.case_id: find(f"case:{c.case_id}") for c in cases}
-
-
 # ---- the store ----
 
 _SCHEMA = """
@@ -315,6 +259,7 @@ CREATE TABLE IF NOT EXISTS embeddings (
     modality TEXT NOT NULL,
     case_id TEXT NOT NULL REFERENCES cases(case_id) ON DELETE CASCADE,
     vector BLOB NOT NULL,
+    input_sha256 TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (model_version, modality, case_id)
 );
 """
@@ -342,6 +287,9 @@ class CaseStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(_SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(embeddings)")}
+        if "input_sha256" not in columns:  # stores made before embeddings recorded what they embedded
+            self._db.execute("ALTER TABLE embeddings ADD COLUMN input_sha256 TEXT NOT NULL DEFAULT ''")
         self._depth = 0
 
     def close(self) -> None:
@@ -582,14 +530,47 @@ class CaseStore:
 
     # -- embeddings: kept here so an index can always be rebuilt --
 
-    def put_embeddings(self, model_version: str, modality: str, case_ids: Sequence[str], vectors: np.ndarray) -> None:
+    def put_embeddings(
+        self,
+        model_version: str,
+        modality: str,
+        case_ids: Sequence[str],
+        vectors: np.ndarray,
+        input_hashes: Sequence[str] | None = None,
+    ) -> None:
+        """Store vectors (N, D); `input_hashes` says what was embedded (image or note SHA-256), so a changed input
+        is embedded again and an unchanged one is not."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if len(case_ids) != len(vectors):
             raise ValueError(f"{len(case_ids)} ids but {len(vectors)} vectors")
+        hashes = list(input_hashes) if input_hashes is not None else [""] * len(case_ids)
+        rows = [
+            (model_version, modality, cid, v.tobytes(), h) for cid, v, h in zip(case_ids, vectors, hashes, strict=True)
+        ]
         with self.transaction():
             self._db.executemany(
-                "INSERT OR REPLACE INTO embeddings (model_version, modality, case_id, vector) VALUES (?, ?, ?, ?)",
-                [(model_version, modality, cid, v.tobytes()) for cid, v in zip(case_ids, vectors, strict=True)],
+                "INSERT OR REPLACE INTO embeddings (model_version, modality, case_id, vector, input_sha256) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def embedded_inputs(self, model_version: str, modality: str) -> dict[str, str]:
+        """case_id -> SHA-256 of the input its stored vector was computed from ("" when not recorded)."""
+        rows = self._db.execute(
+            "SELECT case_id, input_sha256 FROM embeddings WHERE model_version = ? AND modality = ?",
+            (model_version, modality),
+        )
+        return {r["case_id"]: r["input_sha256"] for r in rows}
+
+    def delete_embeddings(self, model_version: str, modality: str, case_ids: Iterable[str]) -> int:
+        """Forget stored vectors (a case whose note was deleted is no longer in the text collection)."""
+        with self.transaction():
+            return sum(
+                self._db.execute(
+                    "DELETE FROM embeddings WHERE model_version = ? AND modality = ? AND case_id = ?",
+                    (model_version, modality, cid),
+                ).rowcount
+                for cid in case_ids
             )
 
     def get_embeddings(self, model_version: str, modality: str) -> tuple[list[str], np.ndarray]:

@@ -58,7 +58,11 @@ class TrainConfig:
     weight_decay: float = 1e-5
     balanced_sampling: bool = True
     augment: bool = True
-    freeze_backbones: bool = False
+    # heads: towers frozen, heads trained on cached features; partial: the last `trainable_blocks` blocks of each
+    # tower train too, on cached activations of the frozen trunk; full: everything trains (a GPU).
+    finetune: str = "full"
+    trainable_blocks: int = 2
+    augment_views: int = 4  # partial: augmented views of each image whose trunk activations are cached
     note_strategies: tuple[str, ...] = ("P1",)  # one drawn per sample when several
     train_domains: tuple[str, ...] = ()  # empty: every domain
     source: str = ""  # empty: every source in the case store
@@ -93,7 +97,9 @@ class IndexConfig:
     ef_search: int = 1024  # the only setting that reached recall@10 0.99 at 100k
     max_neighbors: int = 32
     exact_rerank: bool = False  # re-ranking HNSW candidates exactly added cost and no recall
-    text_strategy: str = "P1"  # which note of each case the text collection holds
+    # The text collection holds each case's first note in this order: what clinicians type first, then the
+    # structured findings report, then the class template and the free descriptions.
+    note_preference: tuple[str, ...] = ("clinical", "P1", "M", "P2", "P3")
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,9 @@ class Config:
 
     def replace(self, **overrides: str) -> Config:
         """A copy with `section.key=value` overrides applied (values parsed as TOML)."""
-        return _apply(self, _parse_sets(f"{k}={v}" for k, v in overrides.items()), origin="replace()")
+        cfg = _apply(self, _parse_sets(f"{k}={v}" for k, v in overrides.items()), origin="replace()")
+        check_ranges(cfg)
+        return cfg
 
 
 _SECTION_TYPES: dict[str, type] = {
@@ -169,6 +177,71 @@ _SECTION_TYPES: dict[str, type] = {
 }
 # Environment variables with a name of their own; the rest are MMDERM_<SECTION>__<KEY>.
 _ENV_ALIASES = {"MMDERM_CHROMA_URL": "index.chroma_url", "MMDERM_DEVICE": "runtime.device"}
+
+
+# Ranges every value must lie in, whoever sets it (preset, environment, --set, the Admin form): (low, high), both
+# inclusive, None for no bound; and the allowed words of the settings that name a choice.
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "model.embed_dim": (2, 4096),
+    "model.image_size": (16, 2048),
+    "model.max_text_length": (8, 512),
+    "model.dropout": (0.0, 0.95),
+    "loss.ce_image": (0.0, None),
+    "loss.ce_text": (0.0, None),
+    "loss.ce_fused": (0.0, None),
+    "loss.cosine": (0.0, None),
+    "loss.l1": (0.0, None),
+    "loss.ntxent": (0.0, None),
+    "loss.temperature": (1e-3, 10.0),
+    "train.epochs": (1, 10_000),
+    "train.batch_size": (2, 65_536),  # the alignment losses need pairs
+    "train.lr": (1e-8, 1.0),
+    "train.weight_decay": (0.0, 1.0),
+    "train.trainable_blocks": (0, 64),
+    "train.augment_views": (1, 64),
+    "train.num_workers": (0, 64),
+    "train.max_steps": (0, None),
+    "data.synth_n": (1, 1_000_000),
+    "intake.max_bytes": (1, None),
+    "intake.max_pixels": (1, None),
+    "index.ef_construction": (1, None),
+    "index.ef_search": (1, None),
+    "index.max_neighbors": (2, None),
+    "jobs.max_concurrent": (1, 64),
+    "jobs.heartbeat_s": (0.1, 3600.0),
+    "jobs.cancel_grace_s": (0.0, 3600.0),
+    "jobs.gpus": (0, 64),
+    "runtime.threads": (0, 1024),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "model.fusion": ("mean", "gated", "concat_mlp"),
+    "train.finetune": ("heads", "partial", "full"),
+    "index.search": ("exact", "hnsw"),
+}
+
+
+def check_ranges(cfg: Config) -> None:
+    """Raise ConfigError naming every value outside its range or choices."""
+    problems = []
+    for key, (low, high) in _RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            problems.append(f"{key} must be {bounds}, got {value!r}")
+    for key, allowed in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            problems.append(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    fractions = cfg.data.split_fractions
+    if any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        problems.append(f"data.split_fractions must be non-negative and not all zero, got {list(fractions)}")
+    device = cfg.runtime.device
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        problems.append(f"runtime.device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def preset_names() -> list[str]:
@@ -202,6 +275,7 @@ def load_config(
     home = env.get("MMDERM_HOME")
     if home:
         cfg = dataclasses.replace(cfg, home=resolve_path(home))
+    check_ranges(cfg)
     return cfg
 
 
@@ -221,8 +295,17 @@ def save_config(cfg: Config, path: Path) -> None:
 
 def config_from_toml(path: Path, home: Path | None = None) -> Config:
     """Read a config.toml written by save_config (unknown keys are errors there too)."""
-    cfg = _apply(Config(preset=str(path)), tomllib.loads(path.read_text()), origin=str(path))
+    cfg = _apply(Config(preset=str(path)), _migrate(tomllib.loads(path.read_text())), origin=str(path))
     return dataclasses.replace(cfg, home=home) if home else cfg
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Keys of config.toml files written before they were renamed (model versions and runs keep their file)."""
+    train = data.get("train", {})
+    if "freeze_backbones" in train:
+        train["finetune"] = "heads" if train.pop("freeze_backbones") else "full"
+    data.get("index", {}).pop("text_strategy", None)  # now index.note_preference
+    return data
 
 
 def _find_preset(name: str) -> Path:

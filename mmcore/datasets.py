@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from mmcore.audit import sha256_text
 from mmcore.cases import Case, CaseStore
 from mmcore.model import MultimodalModel
 
@@ -309,11 +310,6 @@ class FeatureCache:
         os.replace(tmp, path)
 
 
-def text_hash(text: str) -> str:
-    """SHA-256 of a note's text: its key in the feature cache."""
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _fill(cache: FeatureCache | None, keys: Sequence[str], dim: int) -> tuple[np.ndarray, dict[str, list[int]]]:
     """(N, dim) features found in the cache, and key -> positions for the keys still missing."""
     out = np.zeros((len(keys), dim), dtype=np.float32)
@@ -327,7 +323,6 @@ def _fill(cache: FeatureCache | None, keys: Sequence[str], dim: int) -> tuple[np
     return out, missing
 
 
-@torch.inference_mode()
 def image_features(
     model: MultimodalModel,
     store: CaseStore,
@@ -341,15 +336,19 @@ def image_features(
     keys = [c.image_sha256 for c in cases]
     out, missing = _fill(cache, keys, model.image_encoder.feature_dim)
     if missing:
-        # channels_last: faster EfficientNet/DenseNet convolutions on CPU and GPU alike (layout only, same weights)
-        tower = model.image_encoder.eval().to(memory_format=torch.channels_last)
+        # channels_last: faster EfficientNet/DenseNet convolutions on CPU and GPU alike (layout only, same weights).
+        # Converted with inference mode off, even inside a caller's inference_mode: there it would turn the model's own
+        # weights into inference tensors, and any later autograd on this model (Grad-CAM) would fail.
+        with torch.inference_mode(False):
+            tower = model.image_encoder.eval().to(memory_format=torch.channels_last)
         todo = list(missing)
         dataset = CaseImages(store, [cases[missing[k][0]] for k in todo], model.image_transform(train=False))
         loader = image_loader(dataset, range(len(dataset)), batch_size, num_workers, device.type == "cuda", 0)
         bar = tqdm(total=len(todo), desc="image features", unit="img", file=sys.stderr)
         for images, idx in loader:
             images = images.to(device).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
-            feats = tower(images).float().cpu().numpy()  # (B, F_img)
+            with torch.inference_mode():
+                feats = tower(images).float().cpu().numpy()  # (B, F_img)
             for j, f in zip(idx.tolist(), feats, strict=True):
                 if cache is not None:
                     cache.put(todo[j], f)
@@ -368,7 +367,7 @@ def text_features(
     cache: FeatureCache | None = None,
 ) -> torch.Tensor:
     """(N, F_txt) pooled text-tower features of `texts`; equal texts are encoded once, cached ones not at all."""
-    keys = [text_hash(t) for t in texts]
+    keys = [sha256_text(t) or "empty-note" for t in texts]  # the one text hash the audit log uses too
     out, missing = _fill(cache, keys, model.text_encoder.feature_dim)
     if missing:
         tower = model.text_encoder.eval()

@@ -1,10 +1,14 @@
-"""Which torch device the model runs on: `runtime.device` (auto | cpu | cuda | cuda:N) resolved with clear errors."""
+"""Which torch device the model runs on: `runtime.device` (auto | cpu | cuda | cuda:N) resolved with clear errors;
+and this process's place in a torchrun job."""
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
@@ -29,3 +33,31 @@ def resolve_device(setting: str = "auto") -> torch.device:
     if index >= count:
         raise RuntimeError(f"device {setting!r}: this machine has {count} CUDA device(s), numbered 0..{count - 1}")
     return torch.device("cuda", index)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_setting: str = "auto") -> tuple[Dist, torch.device]:
+    """Join the torchrun job when there is one (NCCL on CUDA, else gloo); the device this rank works on."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Dist(), resolve_device(device_setting)
+    ddp = Dist(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(device_setting)
+    if device.type == "cuda":
+        device = torch.device("cuda", ddp.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return ddp, device

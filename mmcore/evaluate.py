@@ -1,15 +1,13 @@
 """Evaluation of a model version: classification metrics (accuracy to ECE, confusion, calibration) per modality,
-retrieval (P@k, mAP, paired R@k) per query/gallery pairing, each per domain and Fitzpatrick group; `embed_cases`
-for the index; stored evaluations; `python -m mmcore eval`.
+retrieval (P@k, mAP, paired R@k, the prevalence chance line) per query/gallery pairing, each per domain and
+Fitzpatrick group; stored evaluations and their summary in the model card.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import time
 import uuid
 import warnings
@@ -21,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score, roc_auc_score
+from sklearn.decomposition import PCA
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    roc_auc_score,
+)
 
 from mmcore.cases import Case, CaseStore
 from mmcore.config import Config
@@ -35,6 +41,7 @@ from mmcore.datasets import (
 )
 from mmcore.devices import resolve_device
 from mmcore.model import MultimodalModel
+from mmcore.model_card import CANONICAL_EVALUATION, Evaluation, ModalityScores
 
 if TYPE_CHECKING:
     from mmcore.model_store import LoadedModel
@@ -45,7 +52,6 @@ PRECISION_AT = (5, 10, 20, 50)
 RECALL_AT = (1, 5, 10)
 ECE_BINS = 15
 FITZPATRICK_GROUPS = {"1-2": (1, 2), "3-4": (3, 4), "5-6": (5, 6)}  # and "unknown"
-CANONICAL = "test_clinical"  # the evaluation a model card leads with
 
 
 # ---- classification ---------------------------------------------------------------------------------------------
@@ -53,13 +59,16 @@ CANONICAL = "test_clinical"  # the evaluation a model card leads with
 
 def accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
     """Fraction of predictions equal to the label (NaN for no cases)."""
-    return float(np.mean(labels == preds)) if len(labels) else math.nan
+    return float(accuracy_score(labels, preds)) if len(labels) else math.nan
 
 
 def balanced_accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
-    """Mean recall over the classes present in `labels` (a class never seen cannot be recalled)."""
-    recalls = [np.mean(preds[labels == c] == c) for c in np.unique(labels)]
-    return float(np.mean(recalls)) if recalls else math.nan
+    """Mean recall over the classes present in `labels`, as the ISIC challenge scores it (NaN for no cases)."""
+    if not len(labels):
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns about predicted classes absent from the labels
+        return float(balanced_accuracy_score(labels, preds))
 
 
 def calibration(labels: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> tuple[float, list[dict[str, Any]]]:
@@ -92,15 +101,20 @@ def auroc_per_class(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str
     return out
 
 
-def classification_metrics(labels: np.ndarray, logits: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Every classification metric of (N, C) logits against (N,) class indices."""
-    probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=-1).numpy()  # (N, C)
+def classification_metrics(
+    labels: np.ndarray, logits: np.ndarray, classes: Sequence[str], temperature: float = 1.0
+) -> dict[str, Any]:
+    """Every classification metric of (N, C) logits against (N,) class indices; probabilities are the calibrated
+    softmax(logits / temperature), and `ece_uncalibrated` is the ECE of the plain softmax."""
+    raw = torch.as_tensor(logits, dtype=torch.float64)
+    probs = torch.softmax(raw / temperature, dim=-1).numpy()  # (N, C)
     preds = probs.argmax(1)
     kappa = math.nan
     if len(labels):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # kappa of a one-class sample is 0/0: NaN, reported as such
-            kappa = float(cohen_kappa_score(labels, preds, weights="quadratic", labels=list(range(len(classes)))))
+            # Unweighted: diagnoses have no order, so a quadratic weighting over class indices would be meaningless.
+            kappa = float(cohen_kappa_score(labels, preds, labels=list(range(len(classes)))))
     ece, bins = calibration(labels, probs)
     auroc = auroc_per_class(labels, probs, classes)
     present = [v for v in auroc.values() if not math.isnan(v)]
@@ -109,10 +123,12 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray, classes: Sequ
         "accuracy": accuracy(labels, preds),
         "balanced_accuracy": balanced_accuracy(labels, preds),
         "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0)) if len(labels) else math.nan,
-        "kappa_quadratic": kappa,
+        "kappa": kappa,
         "auroc": auroc,
         "auroc_macro": float(np.mean(present)) if present else math.nan,
         "ece": ece,
+        "ece_uncalibrated": calibration(labels, torch.softmax(raw, dim=-1).numpy())[0] if temperature != 1.0 else ece,
+        "temperature": temperature,
         "calibration": bins,
         "confusion": confusion_matrix(labels, preds, labels=list(range(len(classes)))).tolist(),  # rows: truth
     }
@@ -141,7 +157,9 @@ def retrieval_metrics(
     if same_modality:
         order = order[~own].reshape(len(queries), -1)  # (Q, G - 1): the query itself is no answer
     hits = gallery_labels[order] == query_labels[:, None]  # (Q, G')
-    out: dict[str, float] = {}
+    # Chance for P@k is what a random ranking scores: the share of same-class cases in each query's gallery (the
+    # class prevalence, about 0.48 with HAM-like frequencies), not the 1/C of a classifier.
+    out: dict[str, float] = {"chance": float(hits.mean()) if hits.size else math.nan}
     for k in PRECISION_AT:
         kk = min(k, hits.shape[1])
         out[f"P@{k}"] = float(hits[:, :kk].mean()) if kk and len(hits) else math.nan
@@ -228,27 +246,14 @@ def case_outputs(
     )
 
 
-def embed_cases(
-    model: MultimodalModel,
-    store: CaseStore,
-    cases: Sequence[Case],
-    text_strategy: str,
-    device: torch.device,
-    batch_size: int = 64,
-    cache_dir: Path | None = None,
-) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(case_ids, image vectors (N, D), text vectors (N, D)): L2-normalised shared embeddings for the index."""
-    out = case_outputs(model, store, cases, text_strategy, device, batch_size, cache_dir)
-    return out.case_ids, out.image_embeds, out.text_embeds
-
-
 def embedding_map(outputs: CaseOutputs, cases: Sequence[Case]) -> dict[str, Any]:
     """A 2-D PCA of the image and text embeddings together, with dx, domain and modality per point."""
     vectors = np.concatenate([outputs.image_embeds, outputs.text_embeds])  # (2N, D)
-    centred = vectors - vectors.mean(0, keepdims=True)
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    xy = centred @ vt[:2].T if len(vt) >= 2 else np.zeros((len(vectors), 2))  # (2N, 2)
-    variance = (s**2) / max((s**2).sum(), 1e-12)
+    pca = PCA(n_components=min(2, *vectors.shape))
+    xy = np.zeros((len(vectors), 2))
+    xy[:, : pca.n_components] = pca.fit_transform(vectors)  # (2N, 2)
+    variance = np.zeros(2)
+    variance[: pca.n_components] = pca.explained_variance_ratio_
     return {
         "x": xy[:, 0].round(5).tolist(),
         "y": xy[:, 1].round(5).tolist(),
@@ -256,7 +261,7 @@ def embedding_map(outputs: CaseOutputs, cases: Sequence[Case]) -> dict[str, Any]
         "dx": [c.dx for c in cases] * 2,
         "domain": [c.domain for c in cases] * 2,
         "case_id": [c.case_id for c in cases] * 2,
-        "explained_variance": variance[:2].round(5).tolist(),
+        "explained_variance": variance.round(5).tolist(),
     }
 
 
@@ -271,10 +276,15 @@ def fitzpatrick_group(value: int | None) -> str:
     return "unknown"
 
 
-def _metrics_of(outputs: CaseOutputs, mask: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+def _metrics_of(
+    outputs: CaseOutputs, mask: np.ndarray, classes: Sequence[str], temperatures: dict[str, float]
+) -> dict[str, Any]:
     labels = outputs.labels[mask]
     result: dict[str, Any] = {"n": int(mask.sum())}
-    result["classification"] = {m: classification_metrics(labels, outputs.logits(m)[mask], classes) for m in MODALITIES}
+    result["classification"] = {
+        m: classification_metrics(labels, outputs.logits(m)[mask], classes, temperatures.get(m, 1.0))
+        for m in MODALITIES
+    }
     # Queries from this group; the gallery is every evaluated case, as the deployed index holds them all.
     queries = np.flatnonzero(mask)
     result["retrieval"] = {
@@ -286,15 +296,23 @@ def _metrics_of(outputs: CaseOutputs, mask: np.ndarray, classes: Sequence[str]) 
     return result
 
 
-def evaluate_outputs(outputs: CaseOutputs, cases: Sequence[Case], classes: Sequence[str]) -> dict[str, Any]:
-    """All metrics, overall, per domain and per Fitzpatrick group, plus the embedding map and baselines."""
+def evaluate_outputs(
+    outputs: CaseOutputs, cases: Sequence[Case], classes: Sequence[str], temperatures: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """All metrics, overall, per domain and per Fitzpatrick group, plus the embedding map and baselines.
+
+    temperatures: modality -> the version's calibration temperature (scores are reported calibrated).
+    """
+    t = temperatures or {}
     everyone = np.ones(len(cases), dtype=bool)
-    result = _metrics_of(outputs, everyone, classes)
+    result = _metrics_of(outputs, everyone, classes, t)
     domains = np.array([c.domain or "(none)" for c in cases])
     groups = np.array([fitzpatrick_group(c.fitzpatrick) for c in cases])
-    result["by_domain"] = {d: _metrics_of(outputs, domains == d, classes) for d in sorted(set(domains))}
+    result["by_domain"] = {d: _metrics_of(outputs, domains == d, classes, t) for d in sorted(set(domains))}
     result["by_fitzpatrick"] = {
-        g: _metrics_of(outputs, groups == g, classes) for g in (*FITZPATRICK_GROUPS, "unknown") if (groups == g).any()
+        g: _metrics_of(outputs, groups == g, classes, t)
+        for g in (*FITZPATRICK_GROUPS, "unknown")
+        if (groups == g).any()
     }
     counts = Counter(outputs.labels.tolist())
     result["baselines"] = {
@@ -318,21 +336,6 @@ def select_cases(
     return cases, skipped
 
 
-def headline(result: dict[str, Any], prefix: str, full: bool = True) -> dict[str, float]:
-    """Flat numbers for the model card: per modality accuracy, balanced accuracy and (full) macro-F1, kappa,
-    AUROC and ECE; mAP of every pairing (full) or of text -> image only (the note-to-cases search)."""
-    keys = ("accuracy", "balanced_accuracy", "macro_f1", "kappa_quadratic", "auroc_macro", "ece")
-    out = {}
-    for m in MODALITIES:
-        metrics = result["classification"][m]
-        for key in keys if full else keys[:2]:
-            out[f"{prefix}{key}_{m}"] = metrics[key]
-    for pairing, metrics in result["retrieval"].items():
-        if full or pairing == "text_to_image":
-            out[f"{prefix}mAP_{pairing}"] = metrics["mAP"]
-    return out
-
-
 def json_safe(value: Any) -> Any:
     """NaN and infinities as null (strict JSON), recursively."""
     if isinstance(value, float):
@@ -354,22 +357,24 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate a version (None: the active one) on `split` with `text_strategy` notes; store the results with it.
 
-    Results go to `<models_dir>/<version>/eval_<split>_<strategy>.json` and, as headline numbers, into the model
-    card (metrics and evaluation). `loaded`: the version already loaded by the caller.
+    Results go to `<models_dir>/<version>/eval_<split>_<strategy>.json` and, summarised, into the model card's
+    evaluations. Scores are the calibrated ones when the version carries a calibration. `loaded`: the version
+    already loaded by the caller.
     """
-    from mmcore.model_store import load_version, update_metadata
+    from mmcore.model_store import load_version, update_card
 
     loaded = loaded or load_version(cfg, version, device=resolve_device(cfg.runtime.device))
     model = loaded.model
     device = next(model.parameters()).device
-    frozen = bool(loaded.metadata.get("training", {}).get("freeze_backbones"))
+    frozen = loaded.card.training.finetune == "heads"
+    temperatures = dict(loaded.card.calibration.get("temperatures") or {})
     started = time.perf_counter()
     with CaseStore(cfg.home) as store:
         cases, skipped = select_cases(store, split, model.classes, text_strategy, limit)
         if not cases:
             raise ValueError(f"no {split} cases with a {text_strategy!r} note and a dx among {list(model.classes)}")
         outputs = case_outputs(model, store, cases, text_strategy, device, cache_dir=cfg.cache_dir if frozen else None)
-    result = evaluate_outputs(outputs, cases, model.classes)
+    result = evaluate_outputs(outputs, cases, model.classes, temperatures)
     name = f"{split}_{text_strategy}"
     result = {
         "version": loaded.version,
@@ -386,19 +391,30 @@ def run_evaluation(
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(json.dumps(result) + "\n")
     os.replace(tmp, path)
-    summary = {
-        "file": path.name,
-        "n": result["n"],
-        "created": result["created"],
-        "skipped": skipped,
-        **headline(result, ""),
-    }
-    metrics: dict[str, Any] = headline(result, f"{name}_", full=False)
-    if name == CANONICAL:  # what model lists show per modality: test split, the notes users type
-        keys = ("accuracy", "balanced_accuracy", "macro_f1", "kappa_quadratic", "auroc_macro", "ece")
-        metrics |= {m: {k: result["classification"][m][k] for k in keys} for m in MODALITIES}
-    update_metadata(cfg, loaded.version, metrics=metrics, evaluation={name: summary})
+    summary = card_summary(result, path.name)
+    update_card(cfg, loaded.version, lambda card: card.evaluations.__setitem__(name, summary))
     return result
+
+
+def card_summary(result: dict[str, Any], file: str = "") -> Evaluation:
+    """What the model card keeps of an evaluation: scores per modality and mAP per pairing."""
+    modalities = {}
+    for m in MODALITIES:
+        c = result["classification"][m]
+        modalities[m] = ModalityScores(
+            **{k: c.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "kappa", "auroc_macro", "ece")},
+            ece_uncalibrated=c.get("ece_uncalibrated"),
+        )
+    return Evaluation(
+        split=result["split"],
+        text_strategy=result["text_strategy"],
+        n=result["n"],
+        created=result["created"],
+        file=file,
+        modalities=modalities,
+        retrieval_map={pairing: r.get("mAP") for pairing, r in result["retrieval"].items()},
+        skipped=dict(result.get("skipped") or {}),
+    )
 
 
 def read_evaluations(cfg: Config, version: str) -> dict[str, dict[str, Any]]:
@@ -406,7 +422,7 @@ def read_evaluations(cfg: Config, version: str) -> dict[str, dict[str, Any]]:
     from mmcore.model_store import version_dir
 
     files = sorted(version_dir(cfg, version).glob("eval_*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    files.sort(key=lambda p: p.stem != f"eval_{CANONICAL}")  # stable: the rest stay newest first
+    files.sort(key=lambda p: p.stem != f"eval_{CANONICAL_EVALUATION}")  # stable: the rest stay newest first
     out = {}
     for path in files:
         try:
@@ -423,7 +439,7 @@ def summary_text(result: dict[str, Any]) -> str:
         c = result["classification"][m]
         lines.append(
             f"  {m:<6} accuracy {_f(c['accuracy'])}  balanced {_f(c['balanced_accuracy'])}  macro-F1 "
-            f"{_f(c['macro_f1'])}  kappa {_f(c['kappa_quadratic'])}  AUROC {_f(c['auroc_macro'])}  ECE {_f(c['ece'])}"
+            f"{_f(c['macro_f1'])}  kappa {_f(c['kappa'])}  AUROC {_f(c['auroc_macro'])}  ECE {_f(c['ece'])}"
         )
     for pairing, r in result["retrieval"].items():
         recall = "  ".join(f"{k} {_f(v)}" for k, v in r.items() if k.startswith("R@"))
@@ -441,22 +457,3 @@ def summary_text(result: dict[str, Any]) -> str:
 
 def _f(value: float | None) -> str:
     return "  -  " if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
-
-
-def cli_eval(args: argparse.Namespace, cfg: Config) -> int:
-    """`eval [--model V] [--split test] [--text-strategy clinical] [--limit N] [--explanations] [--json]`."""
-    from mmcore.cli import CliError, emit
-    from mmcore.model_store import ModelStoreError
-
-    if getattr(args, "explanations", False):
-        from mmcore.explain import cli_eval_explanations
-
-        return cli_eval_explanations(args, cfg)
-    try:
-        result = run_evaluation(cfg, args.model, args.split, args.text_strategy, args.limit)
-    except (ModelStoreError, ValueError) as e:
-        raise CliError(str(e)) from None
-    payload = {k: v for k, v in result.items() if k != "embedding_map"}
-    print(f"evaluation written to {cfg.models_dir / result['version']}", file=sys.stderr)
-    emit(args, payload, summary_text(result))
-    return 0

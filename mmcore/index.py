@@ -5,15 +5,13 @@ index (file lock); others hand vectors to the case store, or all share a Chroma 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
-import json
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,10 +21,16 @@ import filelock
 import numpy as np
 from chromadb.config import Settings
 from chromadb.errors import NotFoundError
-from tqdm import tqdm
 
+from mmcore.case_filters import (
+    METADATA_FIELDS,
+    NUMBER_FIELDS,
+    Condition,
+    chroma_where,
+    filter_mask,
+    parse_filters,
+)
 from mmcore.cases import Case, CaseStore
-from mmcore.cli import CliError, emit
 from mmcore.config import Config, IndexConfig
 
 MODALITIES = ("image", "text")
@@ -49,9 +53,6 @@ def _chroma_settings() -> Settings:
 # because Chroma metadata cannot hold None: a filter on a field therefore never matches a case whose value is
 # unknown (an age range never admits a case of unknown age). Hits give unknowns back as None. The site
 # vocabulary has its own value "unknown", which is stored and filterable like any other site.
-METADATA_FIELDS = ("case_id", "dx", "malignancy", "site", "age", "sex", "fitzpatrick", "source", "domain", "split")
-_NUMBER_FIELDS = frozenset({"age", "fitzpatrick"})  # stored as float and int; the rest are strings
-_COMPARE = {"$gte": np.greater_equal, "$lte": np.less_equal, "$gt": np.greater, "$lt": np.less}
 
 
 class IndexLockedError(RuntimeError):
@@ -60,10 +61,6 @@ class IndexLockedError(RuntimeError):
 
 class IndexNotBuiltError(LookupError):
     """No collection exists for this model version and modality."""
-
-
-class FilterError(ValueError):
-    """A filter names an unknown field or has a value of the wrong shape; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -148,91 +145,6 @@ def exact_search(
     return (idx[0], sims[0]) if np.ndim(query) == 1 else (idx, sims)
 
 
-# ---- filters: one parse, two back ends (Chroma `where` and NumPy masks), so both paths agree ----
-
-
-@dataclass(frozen=True)
-class Condition:
-    field: str
-    op: str  # $eq | $in | $gte | $lte | $gt | $lt
-    value: Any
-
-
-def parse_filters(filters: Mapping[str, Any] | None) -> list[Condition]:
-    """Conditions from a simple dict, ANDed together; a None value means no constraint on that field.
-
-    Each field takes a value, a list of values (any of), or operators as in Chroma: {"$in": [...]}, {"$eq": v},
-    and on the numbers age and fitzpatrick the ranges {"$gte", "$lte", "$gt", "$lt"}. For example
-    {"dx": ["mel", "bcc"], "age": {"$gte": 40, "$lte": 70}, "sex": "male", "fitzpatrick": [5, 6]}.
-    """
-    conditions: list[Condition] = []
-    for key, value in (filters or {}).items():
-        if key not in METADATA_FIELDS:
-            raise FilterError(f"cannot filter by {key!r}; filters: {', '.join(METADATA_FIELDS)}")
-        if value is None:
-            continue
-        ops = dict(value) if isinstance(value, Mapping) else {"$in" if _is_list(value) else "$eq": value}
-        if not ops:
-            raise FilterError(f"filter {key}: no operator in {{}}")
-        for op, operand in ops.items():
-            allowed = ("$eq", "$in", *_COMPARE) if key in _NUMBER_FIELDS else ("$eq", "$in")
-            if op not in allowed:
-                raise FilterError(f"filter {key}: {op!r} is not one of {', '.join(allowed)}")
-            if op == "$in":
-                if not _is_list(operand) or not operand:
-                    raise FilterError(f"filter {key}: $in needs a non-empty list, got {operand!r}")
-                conditions.append(Condition(key, op, sorted({_typed(key, v) for v in operand})))
-            else:
-                conditions.append(Condition(key, op, _typed(key, operand)))
-    return conditions
-
-
-def _is_list(value: Any) -> bool:
-    return isinstance(value, list | tuple | set)
-
-
-def _typed(key: str, value: Any) -> str | int | float:
-    """A filter value in its field's stored type; a string for a number (or the reverse) is an error, not a miss."""
-    if key not in _NUMBER_FIELDS:
-        if not isinstance(value, str):
-            raise FilterError(f"filter {key}: {value!r} is not a string")
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise FilterError(f"filter {key}: {value!r} is not a number")
-    if key == "fitzpatrick":
-        if value != int(value):
-            raise FilterError(f"filter fitzpatrick: {value!r} is not a whole number")
-        return int(value)
-    return float(value)
-
-
-def build_where(filters: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The Chroma `where` for a simple filter dict (None when it constrains nothing)."""
-    return _chroma_where(parse_filters(filters))
-
-
-def _chroma_where(conditions: Sequence[Condition]) -> dict[str, Any] | None:
-    clauses = [{c.field: {c.op: c.value}} for c in conditions]
-    if not clauses:
-        return None
-    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
-
-
-def _filter_mask(conditions: Sequence[Condition], snap: _Snapshot) -> np.ndarray:
-    """(N,) bool: the rows every condition admits; unknown values (code -1, NaN) are never admitted."""
-    mask = np.ones(len(snap.ids), dtype=bool)
-    for c in conditions:
-        col = snap.columns[c.field]
-        if c.op not in ("$in", "$eq"):  # a range on a number; NaN compares False
-            mask &= _COMPARE[c.op](col, c.value)
-            continue
-        values = c.value if c.op == "$in" else [c.value]
-        if c.field not in _NUMBER_FIELDS:  # text is held as codes into the field's vocabulary; -2 matches nothing
-            values = [snap.vocab[c.field].get(v, -2) for v in values]
-        mask &= np.logical_or.reduce([col == v for v in values])  # a few equalities: 10x faster than np.isin
-    return mask
-
-
 # ---- the index ----
 
 
@@ -267,7 +179,7 @@ class _Snapshot:
         vocab: dict[str, dict[str, int]] = {}
         for f in METADATA_FIELDS:
             values = [m.get(f) for m in metadatas]
-            if f in _NUMBER_FIELDS:
+            if f in NUMBER_FIELDS:
                 columns[f] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
             else:  # codes make a filter an integer comparison instead of one string comparison per row
                 vocab[f] = {v: i for i, v in enumerate(sorted({v for v in values if v is not None}))}
@@ -519,7 +431,7 @@ class CaseIndex:
         rerank = self.settings.exact_rerank
         include = ["metadatas", "distances", *(["embeddings"] if rerank else [])]
         n = k * self.rerank_factor if rerank else k
-        res = col.query(query_embeddings=q[None], n_results=n, where=_chroma_where(conditions), include=include)
+        res = col.query(query_embeddings=q[None], n_results=n, where=chroma_where(conditions), include=include)
         ids, metadatas = res["ids"][0], res["metadatas"][0]
         if not ids:
             return []
@@ -537,7 +449,9 @@ class CaseIndex:
             return []
         if snap.vectors.shape[1] != q.shape[0]:
             raise ValueError(f"query has {q.shape[0]} dimensions, the {modality} index has {snap.vectors.shape[1]}")
-        order, sims = exact_search(q, snap.vectors, k, _filter_mask(conditions, snap) if conditions else None)
+        order, sims = exact_search(
+            q, snap.vectors, k, filter_mask(conditions, snap.columns, snap.vocab) if conditions else None
+        )
         return [_hit(snap.ids[i], float(s), snap.metadatas[i]) for i, s in zip(order, sims, strict=True)]
 
     def _snapshot(self, version: str, modality: str) -> _Snapshot:
@@ -615,91 +529,3 @@ def query(
 ) -> list[tuple[str, float]]:
     """(case_id, cosine similarity) of the k cases nearest `vector` in a version's `modality` collection."""
     return [(h.case_id, h.score) for h in get_index(cfg).search(version, vector, modality=modality, k=k, where=where)]
-
-
-# ---- `python -m mmcore index build|query|rebuild` ----
-
-
-def cli_index(args: argparse.Namespace, cfg: Config) -> int:
-    """Build, rebuild or query the case index of a model version (default: the active one)."""
-    version = args.model or _active_version(cfg)
-    if not version:
-        raise CliError("no active model: pass --model VERSION or promote one (python -m mmcore models promote V)")
-    try:
-        where = json.loads(args.where) if args.where else None
-    except json.JSONDecodeError as e:
-        raise CliError(f"--where is not JSON ({e})") from None
-    if where is not None and not isinstance(where, dict):
-        raise CliError('--where must be a JSON object, e.g. {"dx": ["mel", "bcc"]}')
-    try:
-        with CaseIndex.from_config(cfg) as index:
-            if args.action == "query":
-                return _cli_query(args, cfg, index, version, where)
-            fill = index.rebuild if args.action == "rebuild" else index.build
-            quiet = True if args.json else None  # None: tqdm shows a bar on a terminal only
-            with CaseStore(cfg.home) as store, tqdm(desc=f"index {args.action}", unit="case", disable=quiet) as bar:
-                counts = fill(version, store, progress=bar.update)
-    except (IndexLockedError, IndexNotBuiltError, ValueError, ConnectionError) as e:
-        raise CliError(str(e).splitlines()[0]) from None
-    if not any(counts.values()):
-        raise CliError(f"no embeddings stored for model {version!r}: embed the cases with that model first")
-    text = f"{args.action}: model {version}, " + ", ".join(f"{m} {n}" for m, n in counts.items())
-    emit(args, {"action": args.action, "model": version, "location": index.location, "counts": counts}, text)
-    return 0
-
-
-def _cli_query(args: argparse.Namespace, cfg: Config, index: CaseIndex, version: str, where: Any) -> int:
-    vectors = _query_vectors(args, cfg, index, version)
-    hits = index.query(version, image=vectors.get("image"), text=vectors.get("text"), modality=args.modality,
-                       k=args.k, where=where)  # fmt: skip
-    lines = [f"{len(hits)} similar cases (model {version}, {args.modality} index):"]
-    for rank, h in enumerate(hits, 1):
-        m = h.metadata
-        lines.append(f"{rank:3d}. {h.case_id}  score {h.score:.4f}  {m['dx']}  {m['site']}  age {m['age']}  {m['sex']}")
-    emit(args, {"model": version, "modality": args.modality, "hits": [asdict(h) for h in hits]}, "\n".join(lines))
-    return 0
-
-
-def _query_vectors(args: argparse.Namespace, cfg: Config, index: CaseIndex, version: str) -> dict[str, np.ndarray]:
-    """--image FILE / --text NOTE embedded by the model, or `case:CASE_ID` in either for a stored case's vector."""
-    if not args.image and not args.text:
-        raise CliError("query needs --image FILE, --text NOTE, or case:CASE_ID in either (a stored case's vector)")
-    vectors: dict[str, np.ndarray] = {}
-    to_embed: dict[str, str] = {}
-    for modality, value in (("image", args.image), ("text", args.text)):
-        if value and value.startswith("case:"):
-            case_id = value.removeprefix("case:")
-            vector = index.vector(version, modality, case_id)
-            if vector is None:
-                raise CliError(f"case {case_id!r} is not in the {modality} index of model {version}")
-            vectors[modality] = vector
-        elif value:
-            to_embed[modality] = value
-    return vectors | (_embed(cfg, version, to_embed) if to_embed else {})
-
-
-def _embed(cfg: Config, version: str, inputs: dict[str, str]) -> dict[str, np.ndarray]:
-    try:
-        from mmcore.predictor import Predictor
-    except ImportError:
-        raise CliError("embedding a query needs mmcore.predictor, which is not available; use case:CASE_ID") from None
-    image_bytes = None
-    if "image" in inputs:
-        path = Path(inputs["image"])
-        if not path.is_file():
-            raise CliError(f"{path}: no such file")
-        image_bytes = path.read_bytes()
-    predictor = Predictor.from_config(cfg)
-    loaded = getattr(predictor, "version", version)
-    if loaded != version:
-        raise CliError(f"--model {version} is not the active model ({loaded}); queries are embedded by the active one")
-    embeds = predictor.embed(image_bytes=image_bytes, note=inputs.get("text"))
-    return {m: np.asarray(embeds[m], dtype=np.float32) for m in inputs}
-
-
-def _active_version(cfg: Config) -> str | None:
-    try:
-        from mmcore.model_store import active_version
-    except ImportError:  # no model store yet: nothing can be active
-        return None
-    return active_version(cfg)

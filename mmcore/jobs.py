@@ -9,9 +9,7 @@ marks jobs whose supervisor died as failed. Cancel sends SIGTERM to the group, t
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import io
 import json
 import os
 import signal
@@ -19,14 +17,16 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmcore.audit import ACTING_USER_ENV, AuditLog
 from mmcore.config import Config, ConfigError, load_config
 
 KINDS = ("import", "synth", "notes", "train", "eval", "index")
-ACTIVE = ("queued", "running", "cancelling")
+ACTIVE = ("queued", "launching", "running", "cancelling")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -58,7 +58,7 @@ class Job:
     kind: str
     args: list[str]
     user: str
-    status: str  # queued | running | cancelling | succeeded | failed | cancelled
+    status: str  # queued | launching | running | cancelling | succeeded | failed | cancelled
     pid: int | None
     child_pid: int | None
     created: float
@@ -116,6 +116,7 @@ class JobManager:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        self._audit = AuditLog(cfg.audit_path)
 
     def close(self) -> None:
         self._db.close()
@@ -159,64 +160,21 @@ class JobManager:
 
     # -- starting --
 
-    def validate(self, kind: str, args: list[str]) -> argparse.Namespace:
-        """Refuse a bad job before anything starts: unknown kind, bad arguments, bad config."""
-        from mmcore.cli import build_parser
-
-        if kind not in KINDS:
-            raise JobError(f"unknown job kind {kind!r}; choose one of {', '.join(KINDS)}")
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err):
-                ns = build_parser().parse_args([kind, *args])
-        except SystemExit:
-            reason = err.getvalue().strip().splitlines()[-1:] or [" ".join(args)]
-            raise JobError(f"bad {kind} arguments: {reason[0].split(' error: ')[-1]}") from None
-        try:
-            job_cfg = load_config(ns.config, ns.sets)
-        except ConfigError as e:
-            raise JobError(f"bad {kind} configuration: {e}") from None
-        if kind == "train":
-            self._validate_train(job_cfg)
-        return ns
-
-    @staticmethod
-    def _validate_train(cfg: Config) -> None:
-        from mmcore.cases import DX_CLASSES  # noqa: F401  (imports the vocabularies the trainer checks)
-
-        problems = []
-        if cfg.train.epochs < 1:
-            problems.append("train.epochs must be at least 1")
-        if cfg.train.batch_size < 2:
-            problems.append("train.batch_size must be at least 2 (the alignment loss needs pairs)")
-        if not 0 < cfg.train.lr < 1:
-            problems.append("train.lr must be between 0 and 1")
-        if cfg.model.image_size < 16:
-            problems.append("model.image_size must be at least 16")
-        with contextlib.suppress(ImportError):
-            from mmcore.image_encoders import IMAGE_ENCODERS
-            from mmcore.text_encoders import TEXT_ENCODERS
-
-            if cfg.model.image_encoder not in IMAGE_ENCODERS:
-                problems.append(f"unknown image encoder {cfg.model.image_encoder!r}")
-            if cfg.model.text_encoder not in TEXT_ENCODERS:
-                problems.append(f"unknown text encoder {cfg.model.text_encoder!r}")
-        if problems:
-            raise JobError("bad train configuration: " + "; ".join(problems))
-
-    def start(self, kind: str, args: list[str], user: str = "", resumed_from: int | None = None) -> Job:
-        """Validate, record and launch a job (queued when the concurrency limit is reached)."""
-        self.validate(kind, args)
+    def start(self, spec: JobSpec, user: str, resumed_from: int | None = None) -> Job:
+        """Record, audit and launch a job built by a `*_job` builder (queued at the concurrency limit)."""
+        if spec.kind not in KINDS:
+            raise JobError(f"unknown job kind {spec.kind!r}; choose one of {', '.join(KINDS)}")
         cur = self._db.execute(
             "INSERT INTO jobs (kind, args, user, status, created, resumed_from) VALUES (?, ?, ?, 'queued', ?, ?)",
-            (kind, json.dumps(args), user, time.time(), resumed_from),
+            (spec.kind, json.dumps(list(spec.args)), user, time.time(), resumed_from),
         )
         job = self.get(cur.lastrowid)
         job.dir.mkdir(parents=True, exist_ok=True)
+        self._audit.append("job_start", user, job=job.id, kind=job.kind, resumed_from=resumed_from)
         self.reap()
         return self.get(job.id)
 
-    def resume(self, job_id: int, user: str = "") -> Job:
+    def resume(self, job_id: int, user: str) -> Job:
         """A new train job continuing the run of a failed or cancelled one from its last checkpoint."""
         old = self.get(job_id)
         if old.kind != "train":
@@ -225,16 +183,22 @@ class JobManager:
             raise JobError(f"job {job_id} is still {old.status}")
         args = [a for a in old.args if a != "--resume"]
         args = _strip_option(args, "--run-dir") + ["--resume", "--run-dir", str(self._run_dir_of(old))]
-        return self.start("train", args, user=user, resumed_from=job_id)
+        return self.start(JobSpec("train", tuple(args)), user=user, resumed_from=job_id)
 
     def _run_dir_of(self, job: Job) -> Path:
         if "--run-dir" in job.args:
             return Path(job.args[job.args.index("--run-dir") + 1])
         return job.run_dir
 
-    def _launch(self, job: Job) -> None:
+    def _launch(self, job: Job) -> bool:
+        """Claim the queued job atomically, then start its supervisor; False when another process claimed it."""
+        claimed = self._db.execute(
+            "UPDATE jobs SET status = 'launching' WHERE id = ? AND status = 'queued'", (job.id,)
+        ).rowcount
+        if not claimed:
+            return False
         log = job.log_path.open("ab")
-        env = {**os.environ, "MMDERM_HOME": str(self.cfg.home), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "MMDERM_HOME": str(self.cfg.home), "PYTHONUNBUFFERED": "1", ACTING_USER_ENV: job.user}
         proc = subprocess.Popen(
             [sys.executable, "-m", "mmcore", "jobs", "run", str(job.id)],
             stdout=log,
@@ -248,6 +212,7 @@ class JobManager:
             "UPDATE jobs SET status = 'running', pid = ?, started = ?, heartbeat = ? WHERE id = ?",
             (proc.pid, time.time(), time.time(), job.id),
         )
+        return True
 
     # -- supervising --
 
@@ -269,8 +234,8 @@ class JobManager:
         for job in sorted((j for j in self.list(limit=1000) if j.status == "queued"), key=lambda j: j.id):
             if running >= self.cfg.jobs.max_concurrent:
                 break
-            self._launch(job)
-            running += 1
+            if self._launch(job):
+                running += 1
         return marked
 
     def _collect_exit(self, job: Job) -> bool:
@@ -283,9 +248,11 @@ class JobManager:
             (status, exit_code, time.time(), error, job_id),
         )
 
-    def cancel(self, job_id: int, wait: bool = False) -> Job:
-        """SIGTERM the job's process group; SIGKILL follows after the grace period (here or in `reap`)."""
+    def cancel(self, job_id: int, user: str, wait: bool = False) -> Job:
+        """SIGTERM the job's process group (audited); SIGKILL follows after the grace period (here or in `reap`)."""
         job = self.get(job_id)
+        if job.status in ("queued", "running"):
+            self._audit.append("job_cancel", user, job=job.id, kind=job.kind)
         if job.status == "queued":
             self._finish(job_id, "cancelled", error="cancelled before it started")
             return self.get(job_id)
@@ -355,8 +322,8 @@ class JobManager:
         args = list(job.args)
         if job.kind == "train" and "--run-dir" not in args:
             args += ["--run-dir", str(job.run_dir)]
-        gpus = self.cfg.jobs.gpus
-        if job.kind == "train" and gpus > 1:
+        gpus = _job_config(job.args).jobs.gpus if job.kind == "train" else 0  # the job's own validated config
+        if gpus > 1:
             return [
                 sys.executable,
                 "-m",
@@ -390,45 +357,93 @@ def _strip_option(args: list[str], option: str) -> list[str]:
     return out
 
 
-def cli_jobs(args: argparse.Namespace, cfg: Config) -> int:
-    from mmcore.cli import CliError, emit
+# ---- job specs: typed arguments in, a validated command line out (what the Admin page and the CLI start) ----
 
-    manager = JobManager(cfg)
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job: its kind and the arguments of `python -m mmcore <kind>`."""
+
+    kind: str
+    args: tuple[str, ...]
+
+
+def _job_config(args: Sequence[str]) -> Config:
+    """The config a job's `--config`/`--set` arguments give (already validated when the job was built)."""
+    preset, sets = None, []
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag == "--config":
+            preset = value
+        elif flag == "--set":
+            sets.append(value)
+    return load_config(preset, sets)
+
+
+def _config_args(preset: str | None, overrides: Mapping[str, Any] | None) -> tuple[list[str], Config]:
+    """`--config P --set k=v ...` for typed overrides, and the config they give; JobError when it is refused."""
+    sets = [f"{key}={_toml_value(value)}" for key, value in (overrides or {}).items()]
     try:
-        if args.action == "run":  # the supervisor; started by JobManager, not by people
-            return manager.supervise(int(args.job))
-        if args.action == "start":
-            job_args = [a for a in args.job_args if a != "--"]
-            job = manager.start(args.job or "", job_args)
-            emit(args, {"id": job.id, "status": job.status}, f"job {job.id} {job.status}")
-        elif args.action == "cancel":
-            job = manager.cancel(int(args.job), wait=True)
-            emit(args, {"id": job.id, "status": job.status}, f"job {job.id} {job.status}")
-        elif args.action == "reap":
-            marked = manager.reap()
-            emit(args, {"marked_failed": marked}, f"marked failed: {marked or 'none'}")
-        elif args.action == "show":
-            job = manager.get(int(args.job))
-            emit(
-                args,
-                {
-                    "id": job.id,
-                    "kind": job.kind,
-                    "status": job.status,
-                    "args": job.args,
-                    "exit_code": job.exit_code,
-                    "error": job.error,
-                },
-                manager.log_tail(job.id),
-            )
-        else:
-            manager.reap()
-            jobs = manager.list()
-            rows = [{"id": j.id, "kind": j.kind, "status": j.status, "args": j.args} for j in jobs]
-            text = "\n".join(f"{j.id:>4}  {j.kind:<6} {j.status:<10} {' '.join(j.args)}" for j in jobs) or "no jobs"
-            emit(args, {"jobs": rows}, text)
-    except JobError as e:
-        raise CliError(str(e)) from None
-    finally:
-        manager.close()
-    return 0
+        cfg = load_config(preset, sets)
+    except ConfigError as e:
+        raise JobError(f"bad configuration: {e}") from None
+    args = ["--config", preset] if preset else []
+    for item in sets:
+        args += ["--set", item]
+    return args, cfg
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def train_job(preset: str, overrides: Mapping[str, Any] | None = None) -> JobSpec:
+    """A training job on a preset with typed overrides, e.g. {"train.epochs": 5, "train.note_strategies": ["P1"]}."""
+    from mmcore.image_encoders import IMAGE_ENCODERS
+    from mmcore.text_encoders import TEXT_ENCODERS
+
+    args, cfg = _config_args(preset, overrides)
+    if not cfg.train.note_strategies:
+        raise JobError("choose at least one note strategy: the text tower and the alignment losses train on notes")
+    if cfg.model.image_encoder not in IMAGE_ENCODERS:
+        raise JobError(f"unknown image encoder {cfg.model.image_encoder!r}; choose one of {IMAGE_ENCODERS.names()}")
+    if cfg.model.text_encoder not in TEXT_ENCODERS:
+        raise JobError(f"unknown text encoder {cfg.model.text_encoder!r}; choose one of {TEXT_ENCODERS.names()}")
+    return JobSpec("train", tuple(args))
+
+
+def import_job(fmt: str, metadata: str, images: str, columns: str = "", source: str = "") -> JobSpec:
+    """A dataset import job (paths on the server)."""
+    from mmcore.importers import READERS
+
+    if fmt not in READERS:
+        raise JobError(f"unknown import format {fmt!r}; choose one of {', '.join(READERS.names())}")
+    if not metadata.strip() or not images.strip():
+        raise JobError("an import needs both the metadata CSV and the images folder")
+    args = ["--format", fmt, "--metadata", metadata.strip(), "--images", images.strip(), "--json"]
+    if source.strip():
+        args += ["--source", source.strip()]
+    if columns.strip():
+        args += ["--columns", columns.strip()]
+    return JobSpec("import", tuple(args))
+
+
+def synth_job(n: int, seed: int = 0, balanced: bool = False) -> JobSpec:
+    """A SynthDerm generation job."""
+    if not 1 <= n <= 1_000_000:
+        raise JobError(f"the number of cases must be between 1 and 1,000,000, got {n}")
+    return JobSpec("synth", ("--n", str(int(n)), "--seed", str(int(seed)), *(["--balanced"] if balanced else [])))
+
+
+def notes_job(strategy: str) -> JobSpec:
+    """A note-generation job for one strategy."""
+    from mmcore.notes import STRATEGIES, strategy_names
+
+    if strategy not in STRATEGIES:
+        raise JobError(f"unknown note strategy {strategy!r}; choose one of {', '.join(strategy_names())}")
+    return JobSpec("notes", ("generate", "--strategy", strategy))

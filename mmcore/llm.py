@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Protocol
 
 from mmcore.cases import DX_NAMES, Case
-from mmcore.fidelity import BORDERS, COLOURS, STRUCTURES, FidelityResult, check_note
+from mmcore.fidelity import FidelityResult, check_note
+from mmcore.findings import ASYMMETRY, BORDERS, COLOURS, DX_HIERARCHY, STRUCTURES
 
 Message = dict[str, str]
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -22,15 +23,6 @@ _SYSTEM = (
     "Write 2 to 4 plain sentences, no lists, no headings. Use only the information given: do not invent "
     "findings, ages, sites or history."
 )
-_HIERARCHY = {
-    "akiec": "keratinocytic, premalignant",
-    "bcc": "keratinocytic, malignant",
-    "bkl": "keratinocytic, benign",
-    "df": "fibrohistiocytic, benign",
-    "mel": "melanocytic, malignant",
-    "nv": "melanocytic, benign",
-    "vasc": "vascular, benign",
-}
 
 
 class LLMError(RuntimeError):
@@ -53,10 +45,9 @@ def _findings(case: Case) -> str:
     f = case.findings or {}
     if not f:
         return "Dermoscopic findings were not recorded: do not describe any."
-    asym = {0: "symmetric in both axes", 1: "asymmetric in one axis", 2: "asymmetric in both axes"}
     lines = []
     if "asymmetry" in f:
-        lines.append(f"Asymmetry: {asym.get(int(f['asymmetry']), f['asymmetry'])}.")
+        lines.append(f"Asymmetry: {ASYMMETRY.get(int(f['asymmetry']), f['asymmetry'])}.")
     if "border" in f:
         lines.append(f"Border: {f['border']}.")
     if "colours" in f:
@@ -77,8 +68,9 @@ def build_prompt(strategy: str, case: Case) -> list[Message]:
     """Chat messages for one strategy from the case's structured inputs (what the template writer also uses)."""
     name = DX_NAMES.get(case.dx, case.dx)
     if strategy == "M":
+        hierarchy = ", ".join(DX_HIERARCHY[case.dx]) if case.dx in DX_HIERARCHY else case.malignancy
         task = (
-            f"Diagnosis: {name}. Hierarchy: {_HIERARCHY.get(case.dx, case.malignancy)}. {_metadata(case)}\n"
+            f"Diagnosis: {name}. Hierarchy: {hierarchy}. {_metadata(case)}\n"
             "State the category, the diagnosis, and the dermoscopic morphology this diagnosis typically shows, "
             "phrased as typical of the diagnosis (for example 'typically shows'), not as seen in this lesion."
         )

@@ -1,26 +1,28 @@
-"""Model versions on disk: save, verify (SHA-256), load, list and promote; `python -m mmcore models ...`.
+"""Model versions on disk: save, verify (SHA-256), load and list; and `promote`, the one way a version becomes the
+active one (embed every case, build the index, activate, audit), whoever asks: CLI, Admin page or demo.
 
 A version is a folder `models_dir/<version>` that describes itself, like a MONAI bundle: model.safetensors,
-config.toml, labels.json, the text tower's tokenizer/architecture files, and metadata.json (the model card, with
-the SHA-256 of every other file). Loading never unpickles: weights come from safetensors only.
+config.toml, labels.json, the text tower's tokenizer/architecture files, calibration and OOD files, and
+metadata.json (the ModelCard, with the SHA-256 of every other file). Loading never unpickles.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import os
 import re
 import shutil
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import torch
+from filelock import FileLock
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 from torch import nn
@@ -28,16 +30,16 @@ from torch import nn
 from mmcore import DISCLAIMER, __version__
 from mmcore.config import Config, config_from_toml, save_config
 from mmcore.devices import resolve_device
+from mmcore.embeddings import EmbedReport
 from mmcore.model import MultimodalModel, build_model
+from mmcore.model_card import INTENDED_USE, ModelCard, TowerCard, describe_training_data
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.toml"
 LABELS_FILE = "labels.json"
 METADATA_FILE = "metadata.json"
 ACTIVE_FILE = "active"
-INTENDED_USE = "Research use only; not for diagnostic purposes."
 _VERSION = re.compile(r"^v(\d{4,})-\d{8}T\d{6}Z$")
-_RESERVED = ("version", "created", "files")  # written by the store only
 
 
 class ModelStoreError(Exception):
@@ -52,9 +54,22 @@ class TamperedModelError(ModelStoreError):
 class LoadedModel:
     model: MultimodalModel
     cfg: Config
-    metadata: dict[str, Any]
+    card: ModelCard
     version: str
     path: Path
+
+
+class PromotionRefused(ModelStoreError):
+    """The version cannot be made active (no cases to index, no test evaluation, the index is owned elsewhere)."""
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    version: str
+    previous: str | None
+    embedded: EmbedReport
+    indexed: dict[str, int]  # vectors per collection
+    seconds: float
 
 
 # --- where ------------------------------------------------------------------------------------------------------
@@ -98,8 +113,8 @@ def active_version(home_or_cfg: Config | Path | str) -> str | None:
     return pointer.read_text().strip() or None
 
 
-def set_active(home_or_cfg: Config | Path | str, version: str) -> None:
-    """Promote `version` (after verifying its hashes); the pointer file is replaced atomically."""
+def _activate(home_or_cfg: Config | Path | str, version: str) -> None:
+    """Point `active` at `version` (after verifying its hashes), atomically. Only `promote` calls it."""
     verify_version(home_or_cfg, version)
     pointer = _models_dir(home_or_cfg) / ACTIVE_FILE
     _write_atomic(pointer, version + "\n")
@@ -117,26 +132,25 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_metadata(home_or_cfg: Config | Path | str, version: str) -> dict[str, Any]:
-    """A version's metadata.json (the model card)."""
+def read_card(home_or_cfg: Config | Path | str, version: str) -> ModelCard:
+    """A version's model card (metadata.json), in today's schema whatever schema it was written in."""
     path = version_dir(home_or_cfg, version) / METADATA_FILE
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        return ModelCard.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError) as e:
         raise TamperedModelError(f"{path}: unreadable model card ({e})") from None
 
 
-def verify_version(home_or_cfg: Config | Path | str, version: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Check every recorded SHA-256 (but `skip`); returns the metadata or raises TamperedModelError naming the file."""
+def verify_version(home_or_cfg: Config | Path | str, version: str, skip: tuple[str, ...] = ()) -> ModelCard:
+    """Check every recorded SHA-256 (but `skip`); returns the card or raises TamperedModelError naming the file."""
     folder = version_dir(home_or_cfg, version)
-    metadata = read_metadata(home_or_cfg, version)
-    files = metadata.get("files")
-    if not isinstance(files, dict) or WEIGHTS_FILE not in files:
+    card = read_card(home_or_cfg, version)
+    if not isinstance(card.files, dict) or WEIGHTS_FILE not in card.files:
         raise TamperedModelError(f"{folder}: metadata.json records no SHA-256 for {WEIGHTS_FILE}; refusing to load")
-    for name, expected in files.items():
+    for name, expected in card.files.items():
         if name not in skip:
             _check_file(folder, name, expected)
-    return metadata
+    return card
 
 
 def _check_file(folder: Path, name: str, expected: str, data: bytes | None = None) -> None:
@@ -188,10 +202,11 @@ def load_weights(module: nn.Module, data: bytes) -> None:
 # --- save / load ------------------------------------------------------------------------------------------------
 
 
-def save_version(model: MultimodalModel, cfg: Config, metadata: dict[str, Any] | None = None) -> str:
+def save_version(model: MultimodalModel, cfg: Config, card: ModelCard | None = None) -> str:
     """Write a new version folder (atomically: built aside, then renamed into place); returns its name.
 
-    `metadata` adds to the model card: e.g. training_data, metrics, name, job id.
+    `card` brings what the caller knows (training data, training run, metrics); the store fills in the version,
+    the encoders, heads and input spec, and the SHA-256 of every file.
     """
     models_dir = cfg.models_dir
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -207,8 +222,8 @@ def save_version(model: MultimodalModel, cfg: Config, metadata: dict[str, Any] |
         created = datetime.now(UTC)
         while True:
             version = _next_version(models_dir, created)
-            card = _model_card(model, cfg, metadata or {}, version, created, files)
-            (staging / METADATA_FILE).write_text(json.dumps(card, indent=2, default=str) + "\n")
+            full = _fill_card(card or ModelCard(), model, version, created, files)
+            (staging / METADATA_FILE).write_text(json.dumps(full.to_dict(), indent=2, default=str) + "\n")
             try:
                 staging.rename(models_dir / version)
                 return version
@@ -226,26 +241,29 @@ def _next_version(models_dir: Path, created: datetime) -> str:
     return f"v{max(numbers, default=0) + 1:04d}-{created:%Y%m%dT%H%M%SZ}"
 
 
-def _model_card(
-    model: MultimodalModel,
-    cfg: Config,
-    extra: dict[str, Any],
-    version: str,
-    created: datetime,
-    files: dict[str, str],
-) -> dict[str, Any]:
+def _fill_card(
+    card: ModelCard, model: MultimodalModel, version: str, created: datetime, files: dict[str, str]
+) -> ModelCard:
     spec = model.image_spec
-    card: dict[str, Any] = {
-        "name": "mmderm multimodal dermatology classifier",
-        "version": version,
-        "created": created.isoformat(timespec="seconds"),
-        "mmderm_version": __version__,
-        "intended_use": INTENDED_USE,
-        "disclaimer": DISCLAIMER,
-        "labels": list(model.classes),
-        "encoders": {"image": model.image_encoder.describe(), "text": model.text_encoder.describe()},
-        "heads": {"embed_dim": model.cfg.embed_dim, "fusion": model.cfg.fusion},
-        "input_spec": {
+    encoders = {}
+    for kind, tower in (("image", model.image_encoder), ("text", model.text_encoder)):
+        described = tower.describe()
+        trained = card.encoders.get(kind, TowerCard()).trained
+        encoders[kind] = TowerCard(
+            described["name"], described["feature_dim"], described["pretrained"], described["source"], trained
+        )
+    return dataclasses.replace(
+        card,
+        version=version,
+        created=created.isoformat(timespec="seconds"),
+        mmderm_version=__version__,
+        intended_use=INTENDED_USE,
+        disclaimer=DISCLAIMER,
+        trained_on=card.trained_on or describe_training_data(card.training_data.train),
+        labels=list(model.classes),
+        encoders=encoders,
+        heads={"embed_dim": model.cfg.embed_dim, "fusion": model.cfg.fusion},
+        input_spec={
             "image": {
                 "size": [spec.image_size, spec.image_size],
                 "channels": "RGB",
@@ -255,32 +273,45 @@ def _model_card(
             },
             "text": {"max_length": model.cfg.max_text_length, "tokenizer": "tokenizer.json"},
         },
-        "training_data": {},
-        "metrics": {},
-    }
-    for key, value in extra.items():
-        if key in _RESERVED:
-            raise ValueError(f"metadata key {key!r} is written by the model store")
-        card[key] = value
-    card["files"] = files
+        files=files,
+    )
+
+
+def update_card(home_or_cfg: Config | Path | str, version: str, change: Callable[[ModelCard], None]) -> ModelCard:
+    """Change a version's card in place (evaluations, calibration, OOD) and write it atomically; returns it.
+
+    `files` is the store's: a change to it is refused (use add_files).
+    """
+    with _card_lock(home_or_cfg, version):
+        card = read_card(home_or_cfg, version)
+        files = dict(card.files)
+        change(card)
+        if card.files != files:
+            raise ValueError("the card's files are written by the model store (add_files)")
+        _write_card(home_or_cfg, version, card)
     return card
 
 
-def update_metadata(home_or_cfg: Config | Path | str, version: str, **fields: Any) -> dict[str, Any]:
-    """Add or change model-card fields (metrics after training or evaluation); dict values merge one level deep."""
-    for key in fields:
-        if key in _RESERVED:
-            raise ValueError(f"metadata key {key!r} is written by the model store")
-    metadata = read_metadata(home_or_cfg, version)
-    for key, value in fields.items():
-        if isinstance(value, dict) and isinstance(metadata.get(key), dict):
-            metadata[key] = {**metadata[key], **value}
-        else:
-            metadata[key] = value
-    _write_atomic(
-        version_dir(home_or_cfg, version) / METADATA_FILE, json.dumps(metadata, indent=2, default=str) + "\n"
-    )
-    return metadata
+def add_files(home_or_cfg: Config | Path | str, version: str, names: list[str]) -> ModelCard:
+    """Record the SHA-256 of files written into a version folder after it was saved (calibration, OOD scorer)."""
+    folder = version_dir(home_or_cfg, version)
+    with _card_lock(home_or_cfg, version):
+        card = read_card(home_or_cfg, version)
+        for name in names:
+            if Path(name).name != name or not (folder / name).is_file() or name == METADATA_FILE:
+                raise ValueError(f"{name!r} is not a file of {folder}")
+            card.files[name] = sha256_file(folder / name)
+        _write_card(home_or_cfg, version, card)
+    return card
+
+
+def _card_lock(home_or_cfg: Config | Path | str, version: str) -> FileLock:
+    return FileLock(str(version_dir(home_or_cfg, version) / ".metadata.lock"))
+
+
+def _write_card(home_or_cfg: Config | Path | str, version: str, card: ModelCard) -> None:
+    path = version_dir(home_or_cfg, version) / METADATA_FILE
+    _write_atomic(path, json.dumps(card.to_dict(), indent=2, default=str) + "\n")
 
 
 def load_version(
@@ -293,10 +324,10 @@ def load_version(
             f"no active model in {_models_dir(home_or_cfg)}; train one, then `python -m mmcore models promote VERSION`"
         )
     folder = version_dir(home_or_cfg, version)
-    metadata = verify_version(home_or_cfg, version, skip=(WEIGHTS_FILE,))
+    card = verify_version(home_or_cfg, version, skip=(WEIGHTS_FILE,))
     # Hash the very bytes we load, so the weights cannot change between the check and the load.
     data = (folder / WEIGHTS_FILE).read_bytes()
-    _check_file(folder, WEIGHTS_FILE, metadata["files"][WEIGHTS_FILE], data)
+    _check_file(folder, WEIGHTS_FILE, card.files[WEIGHTS_FILE], data)
     cfg = config_from_toml(folder / CONFIG_FILE, home=_home(home_or_cfg))
     if isinstance(home_or_cfg, Config):  # the machine's runtime settings, not the training machine's
         cfg = dataclasses.replace(cfg, runtime=home_or_cfg.runtime)
@@ -304,14 +335,13 @@ def load_version(
     # Architectures only: the pretrained files are not read again; the text tower rebuilds from this folder.
     model = build_model(cfg.model, classes, pretrained=False, assets=folder)
     load_weights(model, data)
-    for tower, card in ((model.image_encoder, "image"), (model.text_encoder, "text")):
-        described = metadata.get("encoders", {}).get(card, {})
-        tower.pretrained = bool(described.get("pretrained", False))
-        tower.source = str(described.get("source", tower.source))
+    for tower, kind in ((model.image_encoder, "image"), (model.text_encoder, "text")):
+        described = card.encoders.get(kind, TowerCard(source=tower.source))
+        tower.pretrained, tower.source = described.pretrained, described.source
     if device is None:
         device = cfg.runtime.device
     model = model.to(device if isinstance(device, torch.device) else resolve_device(device)).eval()
-    return LoadedModel(model=model, cfg=cfg, metadata=metadata, version=version, path=folder)
+    return LoadedModel(model=model, cfg=cfg, card=card, version=version, path=folder)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -323,91 +353,89 @@ def _write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-# --- CLI --------------------------------------------------------------------------------------------------------
+# --- promotion: the one path ---------------------------------------------------------------------------------
 
 
-def cli_models(args: argparse.Namespace, cfg: Config) -> int:
-    """`python -m mmcore models list|show|promote|verify [version] [--json]`."""
-    from mmcore.cli import CliError, emit
+def promote(
+    cfg: Config,
+    version: str,
+    user: str,
+    progress: Callable[[float, str], None] | None = None,
+    *,
+    allow_unevaluated: bool = False,
+    loaded: LoadedModel | None = None,
+) -> PromoteResult:
+    """Make `version` the active one: embed every case (only what is not stored yet), build its case index,
+    activate it, and write one audit entry. Refused (PromotionRefused) when the index would be empty, when the
+    version has no test evaluation (unless `allow_unevaluated`, which the audit entry records), or when another
+    process owns the local index. The same function rolls back to an older version.
+    """
+    from mmcore.audit import AuditLog
+    from mmcore.cases import CaseStore
+    from mmcore.embeddings import embed_cases
+    from mmcore.index import IndexLockedError, get_index
 
-    try:
-        if args.action == "list":
-            return _cli_list(args, cfg, emit)
-        if args.action == "show":
-            version = args.version or active_version(cfg)
-            if version is None:
-                raise CliError("no active model; name a version (see `python -m mmcore models list`)")
-            metadata = read_metadata(cfg, version)
-            emit(args, metadata, _card_text(metadata, active=version == active_version(cfg)))
-            return 0
-        if args.action == "promote":
-            if not args.version:
-                raise CliError("promote needs a version (see `python -m mmcore models list`)")
-            set_active(cfg, args.version)
-            emit(args, {"active": args.version}, f"active model: {args.version}")
-            return 0
-        return _cli_verify(args, cfg, emit)
-    except ModelStoreError as e:
-        raise CliError(str(e)) from None
+    started = time.perf_counter()
 
+    def report(fraction: float, text: str) -> None:
+        if progress is not None:
+            progress(min(1.0, max(0.0, fraction)), text)
 
-def _cli_list(args: argparse.Namespace, cfg: Config, emit) -> int:
-    active = active_version(cfg)
-    rows = []
-    for version in list_versions(cfg):
-        try:
-            card = read_metadata(cfg, version)
-        except ModelStoreError as e:
-            card = {"error": str(e)}
-        rows.append({"version": version, "active": version == active, **_summary(card)})
-    lines = [f"{len(rows)} model version(s) in {cfg.models_dir}"]
-    for r in rows:
-        metrics = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in r["metrics"].items())
-        lines.append(
-            f"{'*' if r['active'] else ' '} {r['version']}  image={r['image']} text={r['text']} fusion={r['fusion']}"
-            + (f"  {metrics}" if metrics else "")
+    previous = active_version(cfg)
+    card = verify_version(cfg, version)
+    if not card.evaluated and not allow_unevaluated:
+        raise PromotionRefused(
+            f"{version} has no test evaluation, so nobody knows how it scores; evaluate it first "
+            f"(python -m mmcore eval --model {version}), or promote it anyway, explicitly (--allow-unevaluated)"
         )
-    emit(args, {"active": active, "versions": rows}, "\n".join(lines))
-    return 0
+    report(0.0, f"loading {version}")
+    loaded = loaded or load_version(cfg, version)
+    cache_dir = cfg.cache_dir if loaded.card.training.finetune == "heads" else None  # frozen towers: cached features
+    try:
+        index = get_index(cfg)
+    except IndexLockedError as e:
+        raise PromotionRefused(f"{e}; promote from the Admin page of the app that owns it") from None
+    with CaseStore(cfg.home) as store:
+        if store.count() == 0:
+            raise PromotionRefused(f"the case store in {cfg.home} is empty: import or synthesise cases first")
+        embedded = embed_cases(
+            loaded.model,
+            store,
+            version,
+            cfg.index.note_preference,
+            cache_dir=cache_dir,
+            num_workers=cfg.train.num_workers,
+            progress=lambda f, text: report(0.05 + 0.65 * f, text),
+        )
+        if embedded.image + embedded.text == 0:
+            raise PromotionRefused(f"no case of {cfg.home} has an image or a note to index; refusing an empty index")
+        total, done = embedded.image + embedded.text, 0
 
+        def indexed(n: int) -> None:
+            nonlocal done
+            done += n
+            report(0.7 + 0.28 * done / total, f"indexed {done:,} of {total:,} vectors")
 
-def _summary(card: dict[str, Any]) -> dict[str, Any]:
-    encoders = card.get("encoders", {})
-
-    def tower(kind: str) -> str:
-        t = encoders.get(kind, {})
-        return f"{t.get('name', '?')}{'' if t.get('pretrained') else ' (not pretrained)'}"
-
-    metrics = card.get("metrics", {})
-    flat = {k: v for k, v in metrics.items() if isinstance(v, int | float)} if isinstance(metrics, dict) else {}
-    return {
-        "created": card.get("created"),
-        "image": tower("image"),
-        "text": tower("text"),
-        "fusion": card.get("heads", {}).get("fusion"),
-        "metrics": flat,
-    }
-
-
-def _card_text(card: dict[str, Any], active: bool) -> str:
-    lines = [f"{card.get('version')}{'  (active)' if active else ''}", f"  {card.get('intended_use', INTENDED_USE)}"]
-    for key in ("created", "labels", "encoders", "heads", "input_spec", "training_data", "metrics"):
-        lines.append(f"  {key}: {json.dumps(card.get(key), default=str)}")
-    return "\n".join(lines)
-
-
-def _cli_verify(args: argparse.Namespace, cfg: Config, emit) -> int:
-    versions = [args.version] if args.version else list_versions(cfg)
-    results = []
-    for version in versions:
-        try:
-            verify_version(cfg, version)
-            results.append({"version": version, "ok": True})
-        except TamperedModelError as e:
-            results.append({"version": version, "ok": False, "reason": str(e)})
-    text = (
-        "\n".join(f"{r['version']}: ok" if r["ok"] else f"{r['version']}: FAILED: {r['reason']}" for r in results)
-        or "no model versions"
+        counts = index.build(version, store, progress=indexed)
+    if not any(counts.values()):
+        raise PromotionRefused(f"the index of {version} came out empty; the active model is unchanged")
+    _activate(cfg, version)
+    AuditLog(cfg.audit_path).append(
+        "promote",
+        user,
+        model_version=version,
+        previous=previous or "",
+        rollback=bool(previous) and _number(version) < _number(previous),
+        unevaluated=not card.evaluated,
+        indexed_image=counts.get("image", 0),
+        indexed_text=counts.get("text", 0),
+        cases=embedded.cases,
+        without_note=embedded.without_note,
     )
-    emit(args, {"ok": all(r["ok"] for r in results), "versions": results}, text)
-    return 0 if all(r["ok"] for r in results) else 1
+    report(1.0, f"{version} is active")
+    return PromoteResult(version, previous, embedded, counts, round(time.perf_counter() - started, 2))
+
+
+def _number(version: str) -> int:
+    match = _VERSION.match(version)
+    return int(match.group(1)) if match else 0

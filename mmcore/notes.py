@@ -1,14 +1,13 @@
 """Note strategies M, P1, P2, P3 and clinical (our own wording, after paper 000), and the `notes` command.
 
 Each strategy is a writer registered by name; wording varies (templates, synonyms, order) and is deterministic
-given (case, seed). The LLM backend lives in mmcore.llm, the fidelity checker and vocabulary in mmcore.fidelity.
+given (case, seed). The findings vocabulary is in mmcore.findings, the LLM backend in mmcore.llm, the checker in
+mmcore.fidelity.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
 import sys
 import time
@@ -18,9 +17,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mmcore.audit import AuditLog
 from mmcore.cases import DX_NAMES, Case, CaseStore
-from mmcore.config import Config
-from mmcore.fidelity import COLOURS, STRUCTURES, check_note
+from mmcore.fidelity import check_note
+from mmcore.findings import COLOURS, DX_HIERARCHY, STRUCTURES
 from mmcore.registry import Registry
 
 Writer = Callable[..., str]
@@ -40,16 +40,6 @@ CLASS_WORDS = {
     "mel": ("melanoma", "malignant melanoma"),
     "nv": ("melanocytic nevus", "nevus", "melanocytic naevus"),
     "vasc": ("vascular lesion", "angioma"),
-}
-# The diagnosis hierarchy as ISIC files it: (lineage, malignancy word).
-HIERARCHY = {
-    "akiec": ("keratinocytic", "premalignant"),
-    "bcc": ("keratinocytic", "malignant"),
-    "bkl": ("keratinocytic", "benign"),
-    "df": ("fibrohistiocytic", "benign"),
-    "mel": ("melanocytic", "malignant"),
-    "nv": ("melanocytic", "benign"),
-    "vasc": ("vascular", "benign"),
 }
 # What each class usually looks like under the dermatoscope (M states it as typical; P2 as if seen).
 TYPICAL = {
@@ -206,7 +196,7 @@ def write_m(case: Case, rng: random.Random) -> str:
     dx = case.dx
     if dx not in CLASS_WORDS:
         return f"Diagnosis: {DX_NAMES.get(dx, dx)}. {_metadata_sentence(rng, case)}"
-    lineage, malignant = HIERARCHY[dx]
+    lineage, malignant = DX_HIERARCHY[dx]
     name = rng.choice(CLASS_WORDS[dx])
     head = rng.choice(
         (
@@ -478,8 +468,15 @@ def generate_notes(
     }
 
 
-def fidelity_of_notes(store: CaseStore, strategy: str, drop_contradictions: bool = False) -> dict[str, Any]:
-    """Check every stored note of one strategy against its case; optionally delete the contradicting ones."""
+def fidelity_of_notes(
+    store: CaseStore,
+    strategy: str,
+    drop_contradictions: bool = False,
+    user: str = "",
+    audit: AuditLog | None = None,
+) -> dict[str, Any]:
+    """Check every stored note of one strategy against its case; optionally delete the contradicting ones (an
+    audited change when `audit` is given: who dropped how many notes of which strategy)."""
     notes = store.notes(strategy)
     cases = {c.case_id: c for c in store.cases()}
     bad = [
@@ -495,39 +492,6 @@ def fidelity_of_notes(store: CaseStore, strategy: str, drop_contradictions: bool
     }
     if drop_contradictions:
         payload["dropped"] = store.delete_notes(bad, strategy)
+        if audit is not None:
+            audit.append("notes_drop", user, strategy=strategy, dropped=payload["dropped"])
     return payload
-
-
-def cli_notes(args: argparse.Namespace, cfg: Config) -> int:
-    """`notes generate|fidelity --strategy S`: (re)write notes for the stored cases, or check the stored ones."""
-    from mmcore.cli import CliError, emit
-    from mmcore.llm import LLMError, build_backend
-
-    if args.strategy not in STRATEGIES:
-        raise CliError(f"unknown note strategy {args.strategy!r}; choose one of: {', '.join(strategy_names())}")
-    with CaseStore(cfg.home) as store:
-        if args.action == "fidelity":
-            payload = fidelity_of_notes(store, args.strategy, args.drop_contradictions)
-            text = (
-                f"{args.strategy}: {payload['with_contradictions']} of {payload['notes']} notes contradict "
-                f"their case ({payload['rate']:.1%})"
-            )
-            emit(args, payload, text + (f"; {payload['dropped']} deleted" if "dropped" in payload else ""))
-            return 0
-        backend = None
-        try:
-            if args.backend == "llm":
-                backend = build_backend(
-                    args.llm_path, args.llm_url, args.llm_model, api_key=os.environ.get("MMDERM_LLM_API_KEY") or None
-                )
-            log = cfg.home / "notes" / f"fidelity_{args.strategy}_{args.backend}.jsonl"
-            payload = generate_notes(store, args.strategy, args.seed, backend, args.drop_contradictions, log)
-        except LLMError as e:
-            raise CliError(str(e)) from None
-    emit(
-        args,
-        payload,
-        f"{payload['written']} {args.strategy} notes written ({payload['backend']}); "
-        f"{payload['with_contradictions']} contradict their case ({payload['rate']:.1%}); log {payload['log']}",
-    )
-    return 0

@@ -12,7 +12,7 @@ import copy
 import hashlib
 import math
 import threading
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,18 +20,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from mmcore.audit import AuditLog, sha256_text
+from mmcore.case_filters import CaseFilter
 from mmcore.cases import DX_NAMES, MALIGNANCY, CaseStore, normalise_age, normalise_fitzpatrick, normalise_sex
 from mmcore.cases import normalise_site as _normalise_site
 from mmcore.config import Config
 from mmcore.devices import resolve_device
-from mmcore.explain import colorbar, overlay, resize_map, top_region
 from mmcore.explain_image import IMAGE_METHODS, attribute_image, model_lock, similarity_maps
 from mmcore.explain_text import attention_maps, integrated_gradients_text, merge_word_pieces, pooled_relevance, scaled
 from mmcore.images import DecodedImage, load_image
 from mmcore.model import MultimodalModel
+from mmcore.model_card import ModelCard
+from mmcore.overlays import colorbar, overlay, resize_map
 
 DISPLAY_SIDE = 512  # explanations come back at most this many pixels on the long side
 LOW_CONFIDENCE = 0.5
@@ -172,11 +174,11 @@ class _LRU:
 class Predictor:
     """One model version, loaded once; every method is safe to call from many threads at once."""
 
-    def __init__(self, model: MultimodalModel, cfg: Config, version: str, metadata: dict[str, Any]) -> None:
+    def __init__(self, model: MultimodalModel, cfg: Config, version: str, card: ModelCard) -> None:
         self.model = model.eval()
         self.cfg = cfg
         self.version = version
-        self.metadata = metadata
+        self.card = card
         self.classes: tuple[str, ...] = tuple(model.classes)
         self.device = next(model.parameters()).device
         self._transform = model.image_transform()
@@ -195,7 +197,7 @@ class Predictor:
         from mmcore.model_store import load_version
 
         loaded = load_version(cfg, version, device=resolve_device(cfg.runtime.device))
-        return cls(loaded.model, cfg, loaded.version, loaded.metadata)
+        return cls(loaded.model, cfg, loaded.version, loaded.card)
 
     # --- inputs -------------------------------------------------------------------------------------------------
 
@@ -203,7 +205,7 @@ class Predictor:
     def _min_side(self) -> int:
         return max(self.model.image_spec.image_size, DISPLAY_SIDE // 2)
 
-    def _image(self, image_bytes: bytes) -> _ImageInput:
+    def image_input(self, image_bytes: bytes) -> _ImageInput:
         """Intake and preprocessing, once per upload: a Streamlit rerun, explain and similar reuse them."""
         key = hashlib.sha256(image_bytes).hexdigest()
         return self._images.get_or(
@@ -232,7 +234,7 @@ class Predictor:
         note = note.strip() if note and note.strip() else None
         if image_bytes is None and note is None:
             raise ValueError("Give a photo, a note, or both.")
-        return (self._image(image_bytes) if image_bytes is not None else None), note
+        return (self.image_input(image_bytes) if image_bytes is not None else None), note
 
     def _forward(self, image: _ImageInput | None, note: str | None) -> Any:
         text = self._note(note) if note is not None else {}
@@ -353,15 +355,16 @@ class Predictor:
             clean["site"] = _normalise_site(metadata["site"])[0]
         if "fitzpatrick" in metadata:
             clean["fitzpatrick"] = normalise_fitzpatrick(metadata["fitzpatrick"])
-        training = self.metadata.get("training_data") or {}
-        training = training.get("train", training)  # counts per field, as train.py records them for dx and domain
-        for key in ("fitzpatrick", "site"):
-            counts = training.get(key)
+        train = self.card.training_data.train
+        for key, counts in (("fitzpatrick", train.fitzpatrick), ("site", train.site)):
             value = clean.get(key)
-            if isinstance(counts, dict) and value is not None:
-                n = int(counts.get(str(value), 0) or 0)
+            if counts and value is not None:  # a card that recorded the counts (every version trained since)
+                n = int(counts.get(str(value), 0))
                 if n < FEW_TRAINING_CASES:
-                    warnings.append(f"few training cases with {key} {value} ({n}): scores may be less reliable")
+                    label = "Fitzpatrick type" if key == "fitzpatrick" else "site"
+                    warnings.append(
+                        f"few training cases with {label} {value} ({n} of {train.n}): scores may be less reliable"
+                    )
         return {k: v for k, v in clean.items() if v is not None}, warnings
 
     # --- explain ------------------------------------------------------------------------------------------------
@@ -444,7 +447,7 @@ class Predictor:
         image_bytes: bytes | None = None,
         note: str | None = None,
         k: int = 8,
-        where: dict[str, Any] | None = None,
+        where: CaseFilter | dict[str, Any] | None = None,
         modality: str = "image",
         weights: tuple[float, float] = (0.5, 0.5),
     ) -> list[SimilarCase]:
@@ -452,8 +455,8 @@ class Predictor:
 
         Image and note live in one space, so a note alone searches the image collection too (cross-modal). With
         both, the query is w * image + (1 - w) * text, renormalised, with w = weights[0] / sum(weights)
-        (index.combine_queries). `where` filters on case metadata (dx, site, age, sex, fitzpatrick, source, domain;
-        index.parse_filters). RetrievalUnavailable (a ValueError) when this model has no index yet.
+        (index.combine_queries). `where` filters on case metadata: a CaseFilter, or a dict as
+        case_filters.parse_filters reads it. RetrievalUnavailable (a ValueError) when this model has no index yet.
         """
         from mmcore import index
 
@@ -462,6 +465,8 @@ class Predictor:
         w_image, w_text = (float(w) for w in weights)
         if w_image < 0 or w_text < 0 or w_image + w_text <= 0:
             raise ValueError(f"weights must be non-negative and not both zero, got {weights}")
+        if isinstance(where, CaseFilter):
+            where = where.to_dict() or None
         vectors = self.embed(image_bytes, note)
         query = index.combine_queries(vectors.get("image"), vectors.get("text"), w_image / (w_image + w_text))
         try:
@@ -520,7 +525,7 @@ class Predictor:
             case = store.get(case_id)
         if case is None:
             raise ValueError(f"no case {case_id!r} in the case store")
-        case_input = self._image((store.home / case.image_path).read_bytes())
+        case_input = self.image_input((store.home / case.image_path).read_bytes())
         query = self.embed(image_bytes, note)
         query_vector = query.get("image", query.get("text"))
         case_vector = self._embed_image(case_input)
@@ -547,33 +552,13 @@ class Predictor:
         with torch.inference_mode():
             return self.model(images=image.tensor).image_embeds[0].float().cpu().numpy()
 
-    # --- draft note ---------------------------------------------------------------------------------------------
-
     def draft_note(self, image_bytes: bytes, user: str = "") -> str:
-        """A short description for a clinician to edit: the predicted class, where the model looked relative to the
-        lesion, and what the nearest past cases' notes say (retrieval + template, after seed 002). Never a finding.
-        """
-        image = self._image(image_bytes)
-        prediction = self.predict(image_bytes, None, user=user)
-        top = prediction.top
-        lines = [
-            f"DRAFT for a clinician to edit: written by mmderm (model {self.version}) from the photo alone. "
-            "It is not a diagnosis and not a clinical finding; check every statement against the lesion.",
-            "",
-            "Model reading: the image scores highest for "
-            + ", then ".join(f"{c.name} ({c.dx}, {c.malignancy}; {c.probability:.0%})" for c in top)
-            + ".",
-        ]
-        explanation = self.explain(image_bytes, None, "gradcam", top[0].dx)
-        lines.append(_where_it_looked(image.display, explanation.heatmap))
-        try:
-            neighbours = self.similar(image_bytes, None, k=5)
-        except RetrievalUnavailable as e:  # the draft still helps without the index; it says what is missing
-            neighbours = []
-            lines.append(f"Similar past cases: not used. {e}")
-        if neighbours:
-            lines.append(_from_neighbours(neighbours, top[0].dx))
-        return "\n".join(lines)
+        """A description for a clinician to edit, from the photo alone (mmcore.draft); audited with its user."""
+        from mmcore.draft import draft_description
+
+        text = draft_description(self, image_bytes, user=user)
+        self._audit.append("draft", user, model_version=self.version, image_sha256=self.image_input(image_bytes).sha256)
+        return text
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -581,105 +566,3 @@ def _readonly(array: np.ndarray) -> np.ndarray:
     array = np.ascontiguousarray(array, dtype=np.float32)
     array.flags.writeable = False
     return array
-
-
-def _lesion_estimate(image: Image.Image) -> np.ndarray:
-    """(H, W) bool: a rough lesion outline for the draft's wording only.
-
-    Pixels darker than their surroundings (grey over a wide blur of itself, so uneven light cancels out) by Otsu's
-    threshold, at most 0.92; of those blobs, the largest, favouring the centre. Near-black lens corners are ignored.
-    On 90 SynthDerm test images its IoU with the true masks is 0.45 (plain Otsu on grey: 0.31; 0.05 on phone photos).
-    """
-    from scipy import ndimage
-
-    grey = image.convert("L")
-    side = min(image.size)
-    smooth = np.asarray(grey.filter(ImageFilter.GaussianBlur(max(1.0, side / 150))), dtype=np.float32)
-    background = np.asarray(grey.filter(ImageFilter.GaussianBlur(side / 6)), dtype=np.float32)
-    valid = smooth > 20
-    if not valid.any():
-        return np.zeros_like(valid)
-    ratio = smooth / np.maximum(background, 1.0)  # < 1 where darker than the surroundings
-    dark = valid & (ratio < min(_otsu(ratio[valid]), 0.92))
-    labels, n = ndimage.label(dark)
-    if n == 0:
-        return dark
-    index = np.arange(1, n + 1)
-    sizes = ndimage.sum(dark, labels, index)
-    centres = np.array(ndimage.center_of_mass(dark, labels, index))  # (n, 2) row, column
-    offset = np.hypot(centres[:, 0] / dark.shape[0] - 0.5, centres[:, 1] / dark.shape[1] - 0.5)
-    return labels == index[int(np.argmax(sizes * (1 - np.minimum(0.9, offset))))]
-
-
-def _otsu(values: np.ndarray, bins: int = 64) -> float:
-    """Otsu's threshold: the cut of the histogram that maximises the between-class variance."""
-    hist, edges = np.histogram(values, bins=bins)
-    p = hist / max(hist.sum(), 1)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0, mu = np.cumsum(p), np.cumsum(p * centres)
-    between = (mu[-1] * w0 - mu) ** 2 / np.clip(w0 * (1 - w0), 1e-12, None)
-    return float(centres[int(np.argmax(between))])
-
-
-def _where_it_looked(image: Image.Image, heatmap: np.ndarray, fraction: float = 0.2) -> str:
-    """One sentence: where the top `fraction` of the Grad-CAM map lies, relative to the estimated lesion and photo."""
-    salient = top_region(heatmap, fraction)
-    H, W = salient.shape
-    ys, xs = np.nonzero(salient)
-    cy, cx = ys.mean() / H - 0.5, xs.mean() / W - 0.5
-    if max(abs(cy), abs(cx)) < 0.12:
-        place = "the centre of the photo"
-    else:
-        vertical = "upper" if cy < -0.06 else ("lower" if cy > 0.06 else "")
-        horizontal = "left" if cx < -0.06 else ("right" if cx > 0.06 else "")
-        place = f"the {' '.join(p for p in (vertical, horizontal) if p)} part of the photo"
-    lesion = _lesion_estimate(image)
-    area = lesion.mean()
-    if not 0.02 < area < 0.9:
-        return (
-            f"Where the model looked: the most salient {fraction:.0%} of the image (Grad-CAM) lies in {place}; "
-            "the lesion outline could not be estimated, so its position relative to the lesion is not stated."
-        )
-    inside = float(lesion[salient].mean())
-    ring = Image.fromarray(lesion.astype(np.uint8) * 255)
-    width = max(3, (min(image.size) // 25) | 1)
-    grown, shrunk = ring.filter(ImageFilter.MaxFilter(width)), ring.filter(ImageFilter.MinFilter(width))
-    band = np.asarray(grown) != np.asarray(shrunk)  # a ring around the lesion's outline
-    on_border = float(band[salient].mean())
-    relation = "mostly inside" if inside >= 0.7 else "partly inside" if inside >= 0.3 else "mostly outside"
-    focus = " and concentrates on its border" if on_border >= 0.5 else ""
-    return (
-        f"Where the model looked: the most salient {fraction:.0%} of the image (Grad-CAM) lies {relation} the "
-        f"darker lesion area ({inside:.0%} of it inside){focus}, in {place}; the lesion covers about {area:.0%} "
-        "of the photo (a rough outline estimated from the image)."
-    )
-
-
-_FINDING_KINDS = {"feature": "{}", "structure": "{}", "colour": "{}", "network": "{} network", "border": "{} border"}
-
-
-def _from_neighbours(neighbours: list[SimilarCase], dx: str) -> str:
-    """What the nearest cases were diagnosed as and which findings their notes share (never their patient details)."""
-    from mmcore.fidelity import read_note
-
-    counts = Counter(c.dx for c in neighbours)
-    summary = ", ".join(f"{n} {DX_NAMES.get(d, d)}" for d, n in counts.most_common())
-    same = [c for c in neighbours if c.dx == dx]
-    text = f"Similar past cases: of the {len(neighbours)} nearest, {summary}."
-    findings: Counter[str] = Counter()
-    for case in same:
-        note = next((case.notes[s] for s in ("P1", "M", "clinical") if s in case.notes), None)
-        if note is None:
-            continue
-        seen = set()
-        for claim in read_note(note):
-            if not (claim.negated or claim.hedged) and claim.kind in _FINDING_KINDS:
-                seen.add(_FINDING_KINDS[claim.kind].format(claim.value))
-        findings.update(seen)
-    common = [f for f, n in findings.most_common() if n * 2 >= max(1, len(same))]
-    if common:
-        text += (
-            f" The notes of the {len(same)} similar {DX_NAMES.get(dx, dx)} case(s) often describe: "
-            f"{', '.join(common[:8])}. Confirm or strike each for this lesion."
-        )
-    return text

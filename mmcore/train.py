@@ -1,21 +1,19 @@
 """Training: `train_loop`, one straight loop that steps and yields numbers, and around it the run (`run_training`):
-data, DDP, AMP, atomic checkpoints, resume, a clean stop on SIGTERM, metrics lines, and the model version a
-finished run registers. `python -m mmcore train` is `cli_train`.
+data, DDP, AMP, checkpoints and resume (mmcore.checkpoints), a clean stop on SIGTERM, metrics lines, and the model
+version a finished run registers (mmcore.register).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
 import math
-import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +23,29 @@ from torch import nn
 from tqdm import tqdm
 
 from mmcore.cases import DX_CLASSES, CaseStore
-from mmcore.config import Config, config_from_toml, config_to_dict, resolve_path, save_config
+from mmcore.checkpoints import (
+    BEST_FILE,
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    STEPS_FILE,
+    SUMMARY_FILE,
+    CheckpointError,
+    LoopState,
+    load_checkpoint,
+    remove_stale_temp_files,
+    restore,
+    save_best,
+    save_checkpoint,
+)
+from mmcore.config import Config, config_from_toml, save_config
 from mmcore.datasets import CaseSet, FeatureBatches, ImageTextBatches, cached_features, load_case_set
-from mmcore.devices import resolve_device
+from mmcore.devices import Dist, init_distributed
 from mmcore.evaluate import accuracy, balanced_accuracy
 from mmcore.heads import MultimodalOutput
 from mmcore.losses import total_loss
 from mmcore.model import MultimodalModel, build_model
 
-CHECKPOINT_FILE = "checkpoint.pt"
-BEST_FILE = "best.safetensors"
-CONFIG_FILE = "config.toml"
-METRICS_FILE = "metrics.jsonl"  # one line per epoch: what the admin page plots
-STEPS_FILE = "steps.jsonl"  # one line per optimizer step
-SUMMARY_FILE = "summary.json"
 # Exit status of a run stopped by SIGTERM after it saved a checkpoint: 128 + 15, what a shell reports for a
 # process killed by SIGTERM, so scripts can tell "stopped, resumable" (143) from "finished" (0) and "failed" (1).
 EXIT_STOPPED = 143
@@ -49,18 +56,6 @@ class TrainError(ValueError):
 
 
 # ---- the loop -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LoopState:
-    """Where the loop is: what a checkpoint must carry to continue exactly."""
-
-    epoch: int = 0  # the epoch in progress (or the next to start)
-    batch: int = 0  # batches of `epoch` already done
-    step: int = 0  # optimizer steps done in all
-    sums: dict[str, float] = field(default_factory=dict)  # loss terms summed over this epoch's batches
-    best_score: float = -math.inf  # validation balanced accuracy (fused) of the best epoch so far
-    best_epoch: int = 0
 
 
 @dataclass
@@ -79,19 +74,6 @@ class EpochResult:
     val: dict[str, float]  # loss, accuracy_* and balanced_accuracy_* on the validation split ({} without one)
     improved: bool  # the best validation score so far (model selection)
     seconds: float
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a torchrun job (rank 0 of 1 without one)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 def gather_outputs(out: MultimodalOutput, labels: torch.Tensor, ddp: Dist) -> tuple[MultimodalOutput, torch.Tensor]:
@@ -147,7 +129,7 @@ def train_loop(
     val_net: nn.Module,
     cfg: Config,
     state: LoopState,
-    ddp: Dist = Dist(),
+    ddp: Dist | None = None,
     autocast: Callable[[], Any] = contextlib.nullcontext,
 ) -> Iterator[StepResult | EpochResult]:
     """Train from `state` to cfg.train.epochs (or max_steps), yielding after every step and every epoch.
@@ -156,6 +138,7 @@ def train_loop(
     train_batches.epoch(e, start) yields (inputs, labels) for net(**inputs); val_batches.ordered(b) likewise.
     `state` is updated in place, so whoever holds it at a yield can checkpoint it.
     """
+    ddp = ddp or Dist()
     max_steps = cfg.train.max_steps
     for epoch in range(state.epoch, cfg.train.epochs):
         t0 = time.perf_counter()
@@ -202,19 +185,16 @@ class TrainResult:
     state: LoopState | None = None
 
 
-def init_distributed(cfg: Config) -> tuple[Dist, torch.device]:
-    """Join the torchrun job when there is one (NCCL on CUDA, else gloo); the device this rank trains on."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Dist(), resolve_device(cfg.runtime.device)
-    ddp = Dist(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    device = resolve_device(cfg.runtime.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", ddp.local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return ddp, device
+@dataclass
+class RunData:
+    """What a run trains and validates on, and the model and module that learn."""
+
+    train_set: CaseSet
+    val_set: CaseSet
+    model: MultimodalModel
+    module: nn.Module  # what learns and what a checkpoint holds: the heads on cached features, or the whole model
+    train_batches: Any
+    val_batches: Any | None
 
 
 class _StopFlag:
@@ -261,59 +241,6 @@ def _truncate_jsonl(path: Path, max_step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept))
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def save_checkpoint(
-    path: Path,
-    module: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    state: LoopState,
-    cfg: Config,
-    ddp: Dist,
-    device: torch.device,
-) -> None:
-    """Write the checkpoint atomically (temp file, then os.replace); every rank calls it, rank 0 writes.
-
-    Content loads with torch.load(weights_only=True): tensors, numbers, strings, lists and dicts only.
-    """
-    rng = [_rng_state(device)]
-    if ddp.world_size > 1:
-        rng = [None] * ddp.world_size
-        dist.all_gather_object(rng, _rng_state(device))  # each rank resumes with its own RNG
-    if not ddp.main:
-        return
-    checkpoint = {
-        "model": module.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "state": dataclasses.asdict(state),
-        "rng": rng,
-        "config": config_to_dict(cfg),
-        "world_size": ddp.world_size,
-    }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by save_checkpoint (never unpickles anything but tensors and plain data)."""
-    if not path.is_file():
-        raise TrainError(f"{path}: no checkpoint to resume from")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _save_best(module: nn.Module, path: Path) -> None:
-    from mmcore.model_store import save_weights
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_weights(module, tmp)
-    os.replace(tmp, path)
-
-
 def resume_config(cfg: Config, run_dir: Path, sets: Sequence[str] = ()) -> Config:
     """The run's own config (run_dir/config.toml) with this machine's home and runtime, and `sets` on top."""
     path = run_dir / CONFIG_FILE
@@ -332,7 +259,7 @@ def _training_texts(case_set: CaseSet) -> list[str]:
 def _build(cfg: Config, train_set: CaseSet, device: torch.device) -> MultimodalModel:
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and in every resumed run
     model = build_model(cfg.model, DX_CLASSES, texts=_training_texts(train_set))
-    if cfg.train.freeze_backbones:
+    if cfg.train.finetune == "heads":
         model.freeze_backbones()
     model = model.to(device)
     if device.type == "cuda":
@@ -351,68 +278,21 @@ def _batches(
 ) -> FeatureBatches | ImageTextBatches:
     t = cfg.train
     rank, world = (ddp.rank, ddp.world_size) if train else (0, 1)
-    if t.freeze_backbones:
+    common = {"balanced": t.balanced_sampling, "seed": t.seed, "device": device, "rank": rank, "world_size": world}
+    if t.finetune == "heads":
         if ddp.world_size > 1 and not ddp.main:
             dist.barrier()  # rank 0 fills the feature cache first; the others then only read it
         images, texts = cached_features(model, store, case_set, cfg.cache_dir, device, num_workers=t.num_workers)
         if ddp.world_size > 1 and ddp.main:
             dist.barrier()
-        return FeatureBatches(
-            case_set,
-            images,
-            texts,
-            t.batch_size,
-            balanced=t.balanced_sampling,
-            seed=t.seed,
-            device=device,
-            rank=rank,
-            world_size=world,
-        )
-    return ImageTextBatches(
-        store,
-        case_set,
-        model,
-        t.batch_size,
-        augment=t.augment and train,
-        balanced=t.balanced_sampling,
-        seed=t.seed,
-        device=device,
-        num_workers=t.num_workers,
-        rank=rank,
-        world_size=world,
-    )
+        return FeatureBatches(case_set, images, texts, t.batch_size, **common)
+    augment = t.augment and train
+    return ImageTextBatches(store, case_set, model, t.batch_size, augment=augment, num_workers=t.num_workers, **common)
 
 
-def run_training(
-    cfg: Config, run_dir: Path, *, resume: bool = False, promote: bool = False, sets: Sequence[str] = ()
-) -> TrainResult:
-    """Train as `cfg` says, checkpointing into `run_dir`; register (and maybe promote) the model version.
-
-    resume: continue from run_dir's checkpoint, with the run's own config and `sets` on top (e.g. more epochs).
-    Under torchrun this runs on every rank; only rank 0 writes files and registers the version.
-    """
-    ddp, device = init_distributed(cfg)
-    run_dir = Path(run_dir)
-    checkpoint = None
-    if resume:
-        cfg = resume_config(cfg, run_dir, sets)
-        checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
-        if ddp.main:  # a run killed while writing leaves its half-written temp file; the checkpoint is whole
-            for stale in run_dir.glob(".*.tmp"):
-                stale.unlink(missing_ok=True)
-        if checkpoint["world_size"] != ddp.world_size:
-            _say(
-                f"note: the checkpoint was written by {checkpoint['world_size']} process(es), this run has "
-                f"{ddp.world_size}; the data order continues, the random augmentations do not repeat exactly"
-            )
-    elif (run_dir / CHECKPOINT_FILE).exists():
-        raise TrainError(f"{run_dir} already holds a run; continue it with --resume or choose another --run-dir")
+def load_run_data(cfg: Config, ddp: Dist, device: torch.device) -> RunData:
+    """The training and validation cases, the model, and their batch sources; TrainError when there is too little."""
     t = cfg.train
-    if t.batch_size % ddp.world_size:
-        raise TrainError(f"train.batch_size {t.batch_size} (the global batch) must divide by {ddp.world_size} ranks")
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-
     with CaseStore(cfg.home) as store:
         strategies = t.note_strategies
         train_set = load_case_set(store, "train", DX_CLASSES, strategies, t.train_domains, t.source)
@@ -431,48 +311,84 @@ def run_training(
                 f"skipped: {skipped}"
             )
         model = _build(cfg, train_set, device)
-        if t.freeze_backbones:
+        if t.finetune == "heads":
             _say(
                 "frozen backbones: encoder features are computed once and cached in "
                 f"{cfg.cache_dir / 'features'}; only the heads train, with no augmentation"
             )
         train_batches = _batches(cfg, store, model, train_set, ddp, device, train=True)
         val_batches = _batches(cfg, store, model, val_set, ddp, device, train=False) if len(val_set) else None
+    module: nn.Module = model.heads if t.finetune == "heads" else model
+    return RunData(train_set, val_set, model, module, train_batches, val_batches)
 
-    module: nn.Module = model.heads if t.freeze_backbones else model  # what learns, and what a checkpoint holds
-    net = module
-    if ddp.world_size > 1:
-        if device.type == "cuda" and not t.freeze_backbones:
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # per-GPU batches are small: share BN statistics
-        # A pooled tower leaves parts unused (e.g. BERT's pooler under mean pooling): let DDP find them.
-        net = nn.parallel.DistributedDataParallel(
-            net,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=not t.freeze_backbones,
-        )
-    optimizer = torch.optim.Adam(
-        [p for p in module.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay
+
+def _wrap(module: nn.Module, cfg: Config, ddp: Dist, device: torch.device) -> nn.Module:
+    """The module as the loop drives it: DDP-wrapped under torchrun."""
+    if ddp.world_size == 1:
+        return module
+    trains_towers = cfg.train.finetune != "heads"
+    if device.type == "cuda" and trains_towers:
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # per-GPU batches are small: share BN statistics
+    # A pooled tower leaves parts unused (e.g. BERT's pooler under mean pooling): let DDP find them.
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=trains_towers
     )
-    use_amp = t.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _amp(cfg: Config, device: torch.device) -> tuple[Callable[[], Any], torch.amp.GradScaler, str]:
+    """The autocast context factory, the grad scaler (float16 only) and the AMP dtype's name ("" without AMP)."""
+    use_amp = cfg.train.amp and device.type == "cuda"
+    dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
 
     def autocast() -> Any:
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
+        return torch.autocast(device.type, dtype=dtype, enabled=use_amp)
 
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and dtype == torch.float16)
+    return autocast, scaler, str(dtype).removeprefix("torch.") if use_amp else ""
 
-    state = LoopState()
+
+def run_training(
+    cfg: Config, run_dir: Path, *, resume: bool = False, promote: bool = False, sets: Sequence[str] = ()
+) -> TrainResult:
+    """Train as `cfg` says, checkpointing into `run_dir`; register (and with `promote`, promote) the version.
+
+    resume: continue from run_dir's checkpoint, with the run's own config and `sets` on top (e.g. more epochs).
+    Under torchrun this runs on every rank; only rank 0 writes files and registers the version.
+    """
+    ddp, device = init_distributed(cfg.runtime.device)
+    run_dir = Path(run_dir)
+    checkpoint = None
+    if resume:
+        cfg = resume_config(cfg, run_dir, sets)
+        try:
+            checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
+        except CheckpointError as e:
+            raise TrainError(str(e)) from None
+        if ddp.main:
+            remove_stale_temp_files(run_dir)
+        if checkpoint["world_size"] != ddp.world_size:
+            _say(
+                f"note: the checkpoint was written by {checkpoint['world_size']} process(es), this run has "
+                f"{ddp.world_size}; the data order continues, the random augmentations do not repeat exactly"
+            )
+    elif (run_dir / CHECKPOINT_FILE).exists():
+        raise TrainError(f"{run_dir} already holds a run; continue it with --resume or choose another --run-dir")
+    t = cfg.train
+    if t.batch_size % ddp.world_size:
+        raise TrainError(f"train.batch_size {t.batch_size} (the global batch) must divide by {ddp.world_size} ranks")
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+
+    data = load_run_data(cfg, ddp, device)
+    net = _wrap(data.module, cfg, ddp, device)
+    params = [p for p in data.module.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    autocast, scaler, amp_name = _amp(cfg, device)
     if checkpoint is not None:
-        module.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        state = LoopState(**checkpoint["state"])
-        rng = checkpoint["rng"][min(ddp.rank, len(checkpoint["rng"]) - 1)]
-        torch.set_rng_state(rng["torch"])
-        if device.type == "cuda" and rng["cuda"] is not None:
-            torch.cuda.set_rng_state(rng["cuda"], device)
+        state = restore(checkpoint, data.module, optimizer, scaler, ddp, device)
         _say(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch} (step {state.step})")
     else:
+        state = LoopState()
         torch.manual_seed(t.seed * 1000 + ddp.rank)  # augmentation and dropout differ between ranks
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -483,20 +399,23 @@ def run_training(
     if checkpoint is not None and state.epoch >= t.epochs and summary_path.is_file():
         done = json.loads(summary_path.read_text())
         _say(f"{run_dir} already finished ({done['version']}); nothing to do")
-        return TrainResult(done["version"], run_dir, done["metrics"], state=state)
+        return TrainResult(done["version"], run_dir, done.get("validation", {}), state=state)
 
-    steps_per_epoch = train_batches.steps_per_epoch
+    steps_per_epoch = data.train_batches.steps_per_epoch
     total = min(t.epochs * steps_per_epoch, t.max_steps or math.inf)
     _say(
         f"training on {device} x {ddp.world_size}: {t.epochs} epochs x {steps_per_epoch} steps of {t.batch_size}"
-        f"{' (AMP ' + str(amp_dtype).removeprefix('torch.') + ')' if use_amp else ''} -> {run_dir}"
+        f"{' (AMP ' + amp_name + ')' if amp_name else ''} -> {run_dir}"
     )
     started = time.perf_counter()
     bar = tqdm(total=total, initial=state.step, desc="train", unit="step", file=sys.stderr, disable=not ddp.main)
     ckpt_path = run_dir / CHECKPOINT_FILE
     stopped = False
+    loop = train_loop(
+        net, optimizer, scaler, data.train_batches, data.val_batches, data.module, cfg, state, ddp, autocast
+    )
     with _StopFlag() as stop:
-        for result in train_loop(net, optimizer, scaler, train_batches, val_batches, module, cfg, state, ddp, autocast):
+        for result in loop:
             if isinstance(result, StepResult):
                 bar.update(1)
                 bar.set_postfix(epoch=result.epoch + 1, loss=f"{result.losses['total']:.3f}")
@@ -506,33 +425,18 @@ def run_training(
                         {"step": result.step, "epoch": result.epoch + 1, "batch": result.batch, **result.losses},
                     )
                 if stop.agreed(ddp, device):
-                    save_checkpoint(ckpt_path, module, optimizer, scaler, state, cfg, ddp, device)
+                    save_checkpoint(ckpt_path, data.module, optimizer, scaler, state, cfg, ddp, device)
                     stopped = True
                     break
                 continue
-            record = {
-                "epoch": result.epoch,
-                "step": result.step,
-                "train_loss": result.train.get("total"),
-                **{f"train_{k}": v for k, v in result.train.items() if k != "total"},
-                **{f"val_{k}": v for k, v in result.val.items()},
-                "best": result.improved,
-                "seconds": round(result.seconds, 3),
-                "elapsed": round(time.perf_counter() - started, 3),
-            }
+            record = _epoch_record(result, time.perf_counter() - started)
             if ddp.main:
                 _append_jsonl(run_dir / METRICS_FILE, record)
                 if result.improved:
-                    _save_best(module, run_dir / BEST_FILE)
-            save_checkpoint(ckpt_path, module, optimizer, scaler, state, cfg, ddp, device)
-            val = (
-                f"val balanced acc {result.val['balanced_accuracy_fused']:.3f} (image "
-                f"{result.val['balanced_accuracy_image']:.3f}, text {result.val['balanced_accuracy_text']:.3f})"
-                if result.val
-                else "no validation cases"
-            )
+                    save_best(data.module, run_dir / BEST_FILE)
+            save_checkpoint(ckpt_path, data.module, optimizer, scaler, state, cfg, ddp, device)
             if ddp.main:
-                _say(f"epoch {result.epoch}/{t.epochs}: train loss {record['train_loss']:.4f}, {val}")
+                _say(f"epoch {result.epoch}/{t.epochs}: train loss {record['train_loss']:.4f}, {_val_text(result)}")
     bar.close()
     if stopped:
         if ddp.main:
@@ -543,114 +447,31 @@ def run_training(
         return TrainResult(None, run_dir, {}, stopped=True, state=state)
     if not ddp.main:
         return TrainResult(None, run_dir, {}, state=state)
-    return _register(
-        cfg, model, module, run_dir, train_set, val_set, state, ddp, device, time.perf_counter() - started, promote
-    )
+    from mmcore.register import register_run
 
-
-def _register(
-    cfg: Config,
-    model: MultimodalModel,
-    module: nn.Module,
-    run_dir: Path,
-    train_set: CaseSet,
-    val_set: CaseSet,
-    state: LoopState,
-    ddp: Dist,
-    device: torch.device,
-    seconds: float,
-    promote: bool,
-) -> TrainResult:
-    """Load the best epoch's weights, save the model version with its card, promote, audit, write the summary."""
-    from mmcore.audit import AuditLog
-    from mmcore.model_store import load_weights, save_version, set_active
-
-    best = run_dir / BEST_FILE
-    if best.is_file() and state.best_epoch:
-        load_weights(module, best.read_bytes())
-    selected = state.best_epoch or state.epoch
-    lines = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
-    chosen = next((r for r in lines if r["epoch"] == selected), lines[-1] if lines else {})
-    metrics = {k: v for k, v in chosen.items() if k in _CARD_METRICS}
-    t = cfg.train
-    metadata = {
-        "training_data": {
-            "train": train_set.summary(),
-            "val": val_set.summary(),
-            "note_strategies": list(t.note_strategies),
-            "train_domains": list(t.train_domains) or "all",
-            "source": t.source or "all",
-        },
-        "metrics": metrics,
-        "training": {
-            "run_dir": str(run_dir),
-            "epochs": state.epoch,
-            "steps": state.step,
-            "selected_epoch": selected,
-            "selection": "best validation balanced accuracy (fused)" if state.best_epoch else "last epoch",
-            "freeze_backbones": t.freeze_backbones,
-            "augment": t.augment and not t.freeze_backbones,
-            "balanced_sampling": t.balanced_sampling,
-            "batch_size": t.batch_size,
-            "lr": t.lr,
-            "world_size": ddp.world_size,
-            "device": str(device),
-            "amp": t.amp and device.type == "cuda",
-            "seconds": round(seconds, 1),
-        },
-    }
-    model = model.to("cpu").to(memory_format=torch.contiguous_format)
-    version = save_version(model, cfg, metadata)
-    if promote:
-        set_active(cfg, version)
-    AuditLog(cfg.audit_path).append(
-        "train", version=version, run_dir=str(run_dir), promoted=promote, epochs=state.epoch, steps=state.step
-    )
-    summary = {"version": version, "run_dir": str(run_dir), "metrics": metrics, "promoted": promote}
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    _say(f"saved model version {version}{' (active)' if promote else ''}")
+    seconds = time.perf_counter() - started
+    version, metrics = register_run(cfg, data, run_dir, state, ddp, device, seconds, amp_name, promote)
     return TrainResult(version, run_dir, metrics, state=state)
 
 
-_CARD_METRICS = (
-    "val_loss",
-    "val_accuracy_fused",
-    "val_balanced_accuracy_fused",
-    "val_balanced_accuracy_image",
-    "val_balanced_accuracy_text",
-)
+def _epoch_record(result: EpochResult, elapsed: float) -> dict[str, Any]:
+    return {
+        "epoch": result.epoch,
+        "step": result.step,
+        "train_loss": result.train.get("total"),
+        **{f"train_{k}": v for k, v in result.train.items() if k != "total"},
+        **{f"val_{k}": v for k, v in result.val.items()},
+        "best": result.improved,
+        "seconds": round(result.seconds, 3),
+        "elapsed": round(elapsed, 3),
+    }
 
 
-def cli_train(args: argparse.Namespace, cfg: Config) -> int:
-    """`train [--resume] [--run-dir DIR] [--promote] [--json]`; exit 0 finished, 143 stopped by SIGTERM (resumable).
-
-    Under `torchrun --nproc_per_node N -m mmcore train ...` every rank runs this; train.batch_size is the global
-    batch, split evenly over the ranks.
-    """
-    from mmcore.cli import CliError, emit
-
-    if args.resume and not args.run_dir:
-        raise CliError("--resume needs --run-dir: the run directory holding checkpoint.pt")
-    run_dir = (
-        resolve_path(args.run_dir, base=cfg.home)
-        if args.run_dir
-        else cfg.home / "runs" / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+def _val_text(result: EpochResult) -> str:
+    if not result.val:
+        return "no validation cases"
+    v = result.val
+    return (
+        f"val balanced acc {v['balanced_accuracy_fused']:.3f} (image {v['balanced_accuracy_image']:.3f}, "
+        f"text {v['balanced_accuracy_text']:.3f})"
     )
-    try:
-        result = run_training(cfg, run_dir, resume=args.resume, promote=args.promote, sets=args.sets)
-    except TrainError as e:
-        raise CliError(str(e)) from None
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    if result.stopped:
-        return EXIT_STOPPED
-    if result.version is None:  # a non-zero rank: rank 0 reports
-        return 0
-    metrics = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items() if isinstance(v, float))
-    emit(
-        args,
-        {"version": result.version, "run_dir": str(result.run_dir), "metrics": result.metrics},
-        f"{result.version} ({result.run_dir}): {metrics}",
-    )
-    return 0

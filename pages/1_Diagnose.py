@@ -18,10 +18,7 @@ from pages._lib.widgets import (
 
 user = page_setup("Diagnose")
 st.title("Diagnose")
-predictor = loaders.get_active_predictor()
-if predictor is None:
-    st.info("No model is active yet. Run `make run` or ask an admin to promote one.")
-    st.stop()
+predictor = loaders.require_predictor()
 
 image_bytes, note, metadata = case_inputs_ui("diagnose")
 if st.button("Analyse", type="primary", key="diagnose_run", disabled=not (image_bytes or note)):
@@ -70,11 +67,10 @@ if similar is not None:
     render_similar_strip(similar, "diagnose")
 
 if image_bytes and st.button("Draft a description", key="diagnose_draft"):
-    draft = loaders.safe_call(predictor.draft_note, image_bytes)
+    draft = loaders.safe_call(predictor.draft_note, image_bytes, user=user.name)
     if draft:
-        st.text_area(
-            "Draft (edit before use; written by the model, not a clinician)",
-            draft,
-            key="diagnose_draft_text",
-            height=160,
-        )
+        st.session_state["diagnose_draft_text"] = draft  # the widget's own state: it survives edits and reruns
+if "diagnose_draft_text" in st.session_state:
+    st.text_area(
+        "Draft (edit before use; written by the model, not a clinician)", key="diagnose_draft_text", height=160
+    )

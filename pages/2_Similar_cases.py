@@ -9,10 +9,7 @@ from pages._lib.widgets import filters_ui, page_setup, render_comparison, render
 
 user = page_setup("Similar cases")
 st.title("Similar cases")
-predictor = loaders.get_active_predictor()
-if predictor is None:
-    st.info("No model is active yet. Run `make run` or ask an admin to promote one.")
-    st.stop()
+predictor = loaders.require_predictor()
 
 image_bytes, note, collection, weights = similar_query_ui("similar")
 where = filters_ui("similar")
@@ -25,7 +22,7 @@ if not (image_bytes or note):
 
 with st.spinner("Searching the case library…"):
     cases = loaders.safe_call(
-        predictor.similar, image_bytes, note, k=12, where=where or None, modality=collection, weights=weights
+        predictor.similar, image_bytes, note, k=12, where=where, modality=collection, weights=weights
     )
 if cases is None:
     st.stop()

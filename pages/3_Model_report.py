@@ -17,15 +17,12 @@ from pages._lib.widgets import page_setup, render_model_card
 
 page_setup("Model report")
 st.title("Model report")
-predictor = loaders.get_active_predictor()
-if predictor is None:
-    st.info("No model is active yet. Run `make run` or ask an admin to promote one.")
-    st.stop()
+predictor = loaders.require_predictor()
 
 evaluations = loaders.get_evaluations(predictor.version)
 if not evaluations:
     st.info(f"Model `{predictor.version}` has not been evaluated yet: `python -m mmcore eval`.")
-    render_model_card(predictor.metadata)
+    render_model_card(predictor.card)
     st.stop()
 
 name = st.selectbox("Evaluation (split and note strategy)", list(evaluations), key="report_evaluation")
@@ -48,4 +45,4 @@ render_retrieval(result)
 colour = st.radio("Colour the map by", ["diagnosis", "domain", "modality"], horizontal=True, key="report_colour")
 render_embedding_map(result, colour)
 st.subheader("Model card")
-render_model_card(predictor.metadata)
+render_model_card(predictor.card)

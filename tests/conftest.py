@@ -25,19 +25,12 @@ def tiny_synth_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Read-only: tests that write (train, evaluate) take a copy through `synth_home`.
     """
-    import argparse
-    import contextlib
-    import dataclasses
-    import io
-
-    from mmcore.config import load_config
-    from mmcore.synthderm import cli_synth
+    from mmcore.cases import CaseStore
+    from mmcore.synthderm import generate_into
 
     path = tmp_path_factory.mktemp("tiny-synth") / "home"
-    cfg = dataclasses.replace(load_config("tiny", env={}), home=path)
-    args = argparse.Namespace(n=84, seed=0, domains="dermoscopy,clinical,atlas", balanced=True, size=32, json=True)
-    with contextlib.redirect_stdout(io.StringIO()):
-        cli_synth(args, cfg)
+    with CaseStore(path) as store:
+        generate_into(store, 84, seed=0, size=32, balanced=True)
     return path
 
 

@@ -4,20 +4,18 @@ by format name, and `import_dataset`, which decodes every image through the inta
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import inspect
 import re
-import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mmcore.cases import CaseError, CaseStore, validate_case
-from mmcore.config import Config, DataConfig
+from mmcore.config import DataConfig
 from mmcore.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected, load_image
 from mmcore.importers._common import READERS, Candidate, ImportFailed, Notice, Rejection
 from mmcore.importers.derm7pt import read_derm7pt
@@ -35,7 +33,6 @@ __all__ = [
     "ImportResult",
     "Notice",
     "Rejection",
-    "cli_import",
     "import_dataset",
     "read_derm7pt",
     "read_fitzpatrick17k",
@@ -124,7 +121,9 @@ def import_dataset(
     return result
 
 
-def _read_rows(fmt: str, metadata: str | Path, images: str | Path, result: ImportResult, **opts: Any) -> list[Candidate]:
+def _read_rows(
+    fmt: str, metadata: str | Path, images: str | Path, result: ImportResult, **opts: Any
+) -> list[Candidate]:
     """Run the format's reader over the whole CSV: candidates returned, rejections and warnings into `result`."""
     metadata, images = Path(metadata), Path(images)
     if not metadata.is_file():
@@ -164,8 +163,12 @@ def preview_import(fmt: str, metadata: str | Path, images: str | Path, **opts: A
         else:
             result.rejected.append(Rejection(c.file, c.row, f"image {c.image.name} not found"))
     result.rejected.sort(key=lambda r: (r.file, r.row))
-    return {"rows": rows, "candidates": len(importable), "rejected": [dataclasses.asdict(r) for r in result.rejected],
-            "warnings": result.warnings}
+    return {
+        "rows": rows,
+        "candidates": len(importable),
+        "rejected": [dataclasses.asdict(r) for r in result.rejected],
+        "warnings": result.warnings,
+    }
 
 
 def _stage(
@@ -209,75 +212,3 @@ def _message(e: Exception) -> str:
 def _count_splits(store: CaseStore, source: str) -> dict[str, int]:
     counts = Counter(case.split or "(none)" for case in store.cases(source=source))
     return {split: counts[split] for split in sorted(counts)}
-
-
-# ---- command line ----
-
-
-def cli_import(args: argparse.Namespace, cfg: Config) -> int:
-    """`python -m mmcore import`: import into cfg.home; exit 0 when a row was imported or already there."""
-    from mmcore.cli import CliError, emit
-
-    opts: dict[str, Any] = {}
-    if getattr(args, "labels", None):
-        opts["labels"] = Path(args.labels)
-    if getattr(args, "columns", None):
-        opts["columns"] = args.columns
-    with CaseStore(cfg.home) as store, _progress_bar(enabled=not args.json) as progress:
-        try:
-            result = import_dataset(
-                store,
-                args.format,
-                args.metadata,
-                args.images,
-                source=args.source,
-                max_bytes=cfg.intake.max_bytes,
-                max_pixels=cfg.intake.max_pixels,
-                split_fractions=cfg.data.split_fractions,
-                progress=progress,
-                **opts,
-            )
-        except ImportFailed as e:
-            raise CliError(str(e)) from None
-    emit(args, result.to_json(), _summary(result, cfg))
-    return 0 if (result.imported or result.updated or result.skipped_duplicates) else 1
-
-
-def _summary(result: ImportResult, cfg: Config, limit: int = 20) -> str:
-    lines = [
-        f"{result.source} into {cfg.home}: imported {result.imported}, updated {result.updated}, skipped"
-        f" {result.skipped_duplicates} already stored, rejected {len(result.rejected)}"
-    ]
-    if result.splits:
-        lines.append("  splits: " + ", ".join(f"{k} {v}" for k, v in result.splits.items()))
-    lines += [f"  warning: {w}" for w in result.warnings]
-    for title, items in (("rejected", result.rejected), ("duplicate images", result.duplicates)):
-        if items:
-            lines.append(f"  {title}:")
-            lines += [f"    {Path(r.file).name} row {r.row}: {r.reason}" for r in items[:limit]]
-            if len(items) > limit:
-                lines.append(f"    ... and {len(items) - limit} more (--json lists them all)")
-    return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A tqdm bar on stderr while images are decoded: none with --json, and tqdm hides it off a terminal."""
-    if not enabled:
-        yield None
-        return
-    from tqdm import tqdm
-
-    bar: Any = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, unit="image", desc="importing", file=sys.stderr, disable=None)
-        bar.update(done - bar.n)
-
-    try:
-        yield update
-    finally:
-        if bar is not None:
-            bar.close()

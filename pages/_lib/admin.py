@@ -1,13 +1,12 @@
 """The Admin page's sections: data, notes, training jobs, models, index and audit. Each `render_*` draws one tab.
 
 Long work runs as a background job (mmcore.jobs); the page only starts, watches and cancels. The Chroma index is
-written by this (the app's) process alone, so promotion and rebuilds run here, with progress.
+written by this (the app's) process alone, so promotion and rebuilds run here, with progress. Every choice a form
+offers and every change it makes comes from mmcore, which also writes the audit entries.
 """
 
 from __future__ import annotations
 
-import json
-import shlex
 from typing import Any
 
 import pandas as pd
@@ -15,23 +14,21 @@ import streamlit as st
 
 from pages._lib import loaders
 
-IMPORT_FORMATS = ["ham10000", "isic", "pad-ufes-20", "derm7pt", "fitzpatrick17k", "scin", "folder"]
-STRATEGIES = ["M", "P1", "P2", "P3", "clinical"]
 STATUS_ICON = {"queued": "…", "running": "▶", "cancelling": "■", "succeeded": "✓", "failed": "✗", "cancelled": "■"}
 
 
-def start_job(kind: str, args: list[str], user: str) -> Any | None:
-    """Start a job; a bad configuration is refused with its message and nothing starts."""
+def start_job(build: Any, user: str, *args: Any, **kwargs: Any) -> Any | None:
+    """Build the job with one of mmcore.jobs' `*_job` builders and start it; a refusal shows its reason."""
     from mmcore.jobs import JobError
 
     try:
-        job = loaders.get_jobs().start(kind, args, user=user)
+        job = loaders.get_jobs().start(build(*args, **kwargs), user=user)
     except JobError as e:
         st.error(str(e))
         return None
     st.session_state["admin_watch_job"] = job.id
     st.session_state["admin_watch_select"] = job.id  # the watcher below switches to the new job
-    st.success(f"Started job {job.id} ({kind}).")
+    st.success(f"Started job {job.id} ({job.kind}).")
     return job
 
 
@@ -52,9 +49,12 @@ def render_data(user: str) -> None:
         "Paths on the server. Rows that cannot be imported are listed with file, row and reason; an import "
         "is one transaction, so a failure halfway loses nothing already stored."
     )
+    from mmcore.importers import READERS
+    from mmcore.jobs import import_job, synth_job
+
     with st.form("admin_import_form"):
         c1, c2 = st.columns(2)
-        fmt = c1.selectbox("Format", IMPORT_FORMATS, key="admin_import_format")
+        fmt = c1.selectbox("Format", READERS.names(), key="admin_import_format")
         source = c2.text_input("Source name (optional)", key="admin_import_source")
         metadata = c1.text_input("Metadata CSV", key="admin_import_metadata", placeholder="/data/HAM10000_metadata.csv")
         images = c2.text_input("Images folder", key="admin_import_images", placeholder="/data/HAM10000_images")
@@ -67,15 +67,10 @@ def render_data(user: str) -> None:
         if not metadata.strip() or not images.strip():
             st.error("Give both the metadata CSV and the images folder.")
             return
-        args = ["--format", fmt, "--metadata", metadata.strip(), "--images", images.strip(), "--json"]
-        if source.strip():
-            args += ["--source", source.strip()]
-        if columns.strip():
-            args += ["--columns", columns.strip()]
         if preview:
             render_import_preview(fmt, metadata.strip(), images.strip(), columns.strip())
         else:
-            start_job("import", args, user)
+            start_job(import_job, user, fmt, metadata, images, columns=columns, source=source)
 
     st.markdown("#### Generate SynthDerm cases")
     with st.form("admin_synth_form"):
@@ -84,8 +79,7 @@ def render_data(user: str) -> None:
         seed = c2.number_input("Seed", 0, 10_000, 1, key="admin_synth_seed")
         balanced = c3.checkbox("Balanced classes", key="admin_synth_balanced")
         if st.form_submit_button("Generate"):
-            args = ["--n", str(n), "--seed", str(seed)] + (["--balanced"] if balanced else [])
-            start_job("synth", args, user)
+            start_job(synth_job, user, int(n), int(seed), bool(balanced))
 
 
 def render_import_preview(fmt: str, metadata: str, images: str, columns: str) -> None:
@@ -106,14 +100,15 @@ def render_import_preview(fmt: str, metadata: str, images: str, columns: str) ->
 
 
 def render_notes(user: str) -> None:
-    from mmcore.notes import fidelity_of_notes
+    from mmcore.jobs import notes_job
+    from mmcore.notes import fidelity_of_notes, strategy_names
 
     store = loaders.get_store()
     st.markdown("Notes per strategy: " + (", ".join(f"{k}: {v}" for k, v in store.note_strategies().items()) or "none"))
     c1, c2 = st.columns([1, 2])
-    strategy = c1.selectbox("Strategy", STRATEGIES, key="admin_notes_strategy")
+    strategy = c1.selectbox("Strategy", strategy_names(), key="admin_notes_strategy")
     if c1.button("Generate notes", key="admin_notes_generate"):
-        start_job("notes", ["generate", "--strategy", strategy], user)
+        start_job(notes_job, user, strategy)
     # The check reads every note of the strategy: run it when asked, not on every rerun of the page's tabs.
     reports = st.session_state.setdefault("admin_fidelity", {})
     if c1.button("Check fidelity", key="admin_notes_check"):
@@ -132,68 +127,67 @@ def render_notes(user: str) -> None:
     if examples:
         c2.dataframe(pd.DataFrame(examples), hide_index=True)
     if report.get("with_contradictions") and c2.button("Drop contradicting notes", key="admin_notes_drop"):
-        dropped = fidelity_of_notes(store, strategy, drop_contradictions=True)
+        dropped = fidelity_of_notes(store, strategy, True, user, loaders.get_audit())
         reports.pop(strategy, None)
-        loaders.get_audit().append("notes_drop", user=user, strategy=strategy, dropped=dropped.get("dropped", 0))
         st.success(f"Dropped {dropped.get('dropped', 0)} notes; regenerate them with **Generate notes**.")
 
 
 # ---- training ----
 
 
-def training_form_ui() -> list[str] | None:
-    """The fine-tuning form; returns the train command's arguments when submitted."""
+def training_form_ui() -> tuple[str, dict[str, Any]] | None:
+    """The fine-tuning form; returns (preset, typed overrides) when submitted."""
+    from mmcore.config import preset_names
     from mmcore.image_encoders import IMAGE_ENCODERS
+    from mmcore.notes import strategy_names
     from mmcore.text_encoders import TEXT_ENCODERS
 
+    modes = {
+        "heads": "heads only (cached features, fast on CPU)",
+        "partial": "last blocks too (CPU, minutes)",
+        "full": "everything (a GPU)",
+    }
     with st.form("admin_train_form"):
         c1, c2, c3 = st.columns(3)
-        preset = c1.selectbox("Preset", ["demo", "default", "tiny", "paper"], key="admin_train_preset")
+        preset = c1.selectbox("Preset", preset_names(), index=preset_names().index("demo"), key="admin_train_preset")
         image_enc = c1.selectbox("Image encoder", ["(preset)", *IMAGE_ENCODERS.names()], key="admin_train_image")
         text_enc = c1.selectbox("Text encoder", ["(preset)", *TEXT_ENCODERS.names()], key="admin_train_text")
-        freeze = c2.radio(
-            "Backbones", ["frozen (cached features, fast on CPU)", "fine-tune (GPU)"], key="admin_train_freeze"
-        )
+        finetune = c2.radio("What trains", list(modes), format_func=modes.get, key="admin_train_finetune")
         epochs = c2.number_input("Epochs", 1, 500, 10, key="admin_train_epochs")
         lr = c2.number_input("Learning rate", 1e-6, 0.5, 1e-3, format="%.6f", key="admin_train_lr")
         size = c2.number_input("Image size", 16, 1024, 224, step=16, key="admin_train_size")
-        mix = c3.multiselect("Note strategies (one drawn per sample)", STRATEGIES, ["P1"], key="admin_train_mix")
+        batch = c2.number_input("Batch size", 2, 4096, 32, key="admin_train_batch")
+        mix = c3.multiselect("Note strategies (one drawn per sample)", strategy_names(), ["P1"], key="admin_train_mix")
         ntxent = c3.number_input("NT-Xent weight", 0.0, 10.0, 0.5, key="admin_train_ntxent")
         align = c3.number_input("Cosine and L1 weight", 0.0, 10.0, 1.0, key="admin_train_align")
         gpus = c3.number_input("GPUs (torchrun when > 1)", 0, 16, 0, key="admin_train_gpus")
-        extra = st.text_input("More overrides (section.key=value, space separated)", key="admin_train_extra")
         if not st.form_submit_button("Start training", type="primary"):
             return None
-    sets = [
-        f"train.freeze_backbones={'true' if freeze.startswith('frozen') else 'false'}",
-        f"train.epochs={epochs}",
-        f"train.lr={lr}",
-        f"model.image_size={size}",
-        f"train.note_strategies={json.dumps(mix)}",
-        f"loss.ntxent={ntxent}",
-        f"loss.cosine={align}",
-        f"loss.l1={align}",
-        f"jobs.gpus={gpus}",
-    ]
+    overrides: dict[str, Any] = {
+        "train.finetune": finetune,
+        "train.epochs": int(epochs),
+        "train.lr": float(lr),
+        "model.image_size": int(size),
+        "train.batch_size": int(batch),
+        "train.note_strategies": list(mix),
+        "loss.ntxent": float(ntxent),
+        "loss.cosine": float(align),
+        "loss.l1": float(align),
+        "jobs.gpus": int(gpus),
+    }
     if image_enc != "(preset)":
-        sets.append(f"model.image_encoder={image_enc}")
+        overrides["model.image_encoder"] = image_enc
     if text_enc != "(preset)":
-        sets.append(f"model.text_encoder={text_enc}")
-    try:
-        sets += shlex.split(extra)
-    except ValueError as e:
-        st.error(f"Could not read the overrides: {e}")
-        return None
-    args = ["--config", preset]
-    for s in sets:
-        args += ["--set", s]
-    return args  # promotion happens on the Models tab, in this process, which owns the case index
+        overrides["model.text_encoder"] = text_enc
+    return preset, overrides  # promotion happens on the Models tab, in this process, which owns the case index
 
 
 def render_training(user: str) -> None:
-    args = training_form_ui()
-    if args is not None:
-        start_job("train", args, user)
+    from mmcore.jobs import train_job
+
+    submitted = training_form_ui()
+    if submitted is not None:
+        start_job(train_job, user, *submitted)
     jobs = loaders.get_jobs()
     recent = jobs.list(limit=20)
     if not recent:
@@ -232,8 +226,7 @@ def render_job(job_id: int, user: str) -> None:
         + (f" · {job.error}" if job.error else "")
     )
     if job.status == "running" and c2.button("Cancel", key=f"admin_cancel_{job.id}"):
-        jobs.cancel(job.id)
-        loaders.get_audit().append("job_cancel", user=user, job=job.id)
+        jobs.cancel(job.id, user)
     if (
         job.kind == "train"
         and job.status in ("failed", "cancelled")
@@ -269,7 +262,7 @@ def render_job(job_id: int, user: str) -> None:
 
 
 def render_models(user: str) -> None:
-    from mmcore.model_store import active_version, list_versions, read_metadata
+    from mmcore.model_store import ModelStoreError, active_version, list_versions, read_card
 
     cfg = loaders.get_config()
     versions = list_versions(cfg)
@@ -277,38 +270,53 @@ def render_models(user: str) -> None:
         st.info("No model versions yet: train one.")
         return
     active = active_version(cfg)
-    cards = {v: read_metadata(cfg, v) for v in versions}
+    cards = {}
+    for v in versions:
+        try:
+            cards[v] = read_card(cfg, v)
+        except ModelStoreError as e:
+            st.warning(f"{v}: {e}")
     rows = []
-    for v in reversed(versions):
+    for v in reversed(list(cards)):
         card = cards[v]
-        fused = card.get("metrics", {}).get("fused", {})
+        head = card.headline
+        fused = head.modalities.get("fused") if head else None
         rows.append(
             {
                 "version": v,
                 "active": "yes" if v == active else "",
-                "image encoder": card.get("encoders", {}).get("image", {}).get("name", "?"),
-                "text encoder": card.get("encoders", {}).get("text", {}).get("name", "?"),
-                "fused balanced acc.": fused.get("balanced_accuracy"),
-                "fused macro-F1": fused.get("macro_f1"),
+                "trained on": card.trained_on,
+                "what trained": card.training.finetune,
+                "image encoder": card.encoders["image"].name if "image" in card.encoders else "?",
+                "text encoder": card.encoders["text"].name if "text" in card.encoders else "?",
+                "test balanced acc. (fused)": fused.balanced_accuracy if fused else None,
+                "evaluated": "yes" if card.evaluated else "NO",
             }
         )
     st.dataframe(pd.DataFrame(rows), hide_index=True)
-    chosen = st.multiselect("Compare model cards", versions, default=[active] if active else [], key="admin_compare")
+    chosen = st.multiselect("Compare model cards", list(cards), default=[active] if active else [], key="admin_compare")
     if chosen:
         cols = st.columns(len(chosen))
         for col, v in zip(cols, chosen, strict=True):
             col.markdown(f"**{v}**")
-            col.json(cards[v], expanded=False)
+            col.json(cards[v].to_dict(), expanded=False)
     c1, c2 = st.columns(2)
-    target = c1.selectbox("Version", list(reversed(versions)), key="admin_promote_version")
+    target = c1.selectbox("Version", list(reversed(list(cards))), key="admin_promote_version")
+    if target is None:
+        return
     label = "Roll back to" if active and versions.index(target) < versions.index(active) else "Promote"
+    override = False
+    if not cards[target].evaluated:
+        c2.warning(f"{target} has no test evaluation: nobody has measured how it scores.")
+        override = c2.checkbox("Promote it anyway (recorded in the audit log)", key="admin_promote_override")
     if c1.button(f"{label} {target}", key="admin_promote", disabled=target == active):
-        promote(target, user)
+        promote(target, user, allow_unevaluated=override)
 
 
-def promote(version: str, user: str) -> None:
-    """Build the version's index first, then make it active (so it never serves without its case library)."""
-    from mmcore.demo import promote_version
+def promote(version: str, user: str, allow_unevaluated: bool = False) -> None:
+    """mmcore's one promotion: every case embedded and indexed, then the version goes active (and is audited)."""
+    from mmcore.model_store import ModelStoreError
+    from mmcore.model_store import promote as promote_version
 
     bar = st.progress(0.0, text=f"Preparing {version}…")
 
@@ -316,12 +324,22 @@ def promote(version: str, user: str) -> None:
         bar.progress(min(1.0, fraction), text=text)
 
     try:
-        promote_version(loaders.get_config(), version, progress=progress)
-    except Exception as e:  # noqa: BLE001
-        st.error(f"Promotion failed, the active model is unchanged: {e}")
+        result = promote_version(
+            loaders.get_config(), version, user, progress=progress, allow_unevaluated=allow_unevaluated
+        )
+    except ModelStoreError as e:
+        st.error(f"Not promoted, the active model is unchanged: {e}")
         return
-    loaders.get_audit().append("promote", user=user, model_version=version)
-    st.success(f"{version} is active.")
+    except Exception as e:  # noqa: BLE001 - the page shows a reason, the log the details
+        import logging
+
+        logging.getLogger("mmderm").exception("promotion failed")
+        st.error(f"Promotion failed, the active model is unchanged ({type(e).__name__}); details in the server log.")
+        return
+    st.success(
+        f"{version} is active: {result.indexed.get('image', 0):,} images and {result.indexed.get('text', 0):,} notes "
+        f"indexed ({result.embedded.without_note:,} cases without a note)."
+    )
 
 
 # ---- index and audit ----
@@ -337,9 +355,24 @@ def render_index(user: str) -> None:
         st.info("No active model.")
         return
     counts = get_index(cfg).counts(version)
-    st.markdown(f"Index of `{version}`: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    total = loaders.get_store().count()
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Cases in the store", f"{total:,}")
+    c2.metric(
+        "Indexed by image",
+        f"{counts.get('image', 0):,}",
+        f"{counts.get('image', 0) - total:+,} vs store",
+        delta_color="off",
+    )
+    c3.metric(
+        "Indexed by note",
+        f"{counts.get('text', 0):,}",
+        f"{counts.get('text', 0) - total:+,} vs store",
+        delta_color="off",
+    )
+    st.caption(f"Index of `{version}`. A case without any note is found by its image only.")
     if st.button("Rebuild the index from the case store", key="admin_index_rebuild"):
-        promote(version, user)
+        promote(version, user, allow_unevaluated=True)
 
 
 def render_audit() -> None:

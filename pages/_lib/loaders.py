@@ -43,6 +43,15 @@ def get_active_predictor() -> Any | None:
     return get_predictor(version) if version else None
 
 
+def require_predictor() -> Any:
+    """The active model's Predictor, or a plain message and a stop when no model is active yet."""
+    predictor = get_active_predictor()
+    if predictor is None:
+        st.info("No model is active yet. Run `make run` or ask an admin to promote one.")
+        st.stop()
+    return predictor
+
+
 @st.cache_resource(show_spinner=False)
 def get_jobs() -> Any:
     from mmcore.jobs import JobManager

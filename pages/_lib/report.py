@@ -10,22 +10,20 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from mmcore.cases import DX_NAMES
+from mmcore.evaluate import PAIRINGS, PRECISION_AT
 
+# Labels for what mmcore.evaluate computes; the keys come from its results.
 MODALITIES = {"image": "Image only", "text": "Note only", "fused": "Image + note"}
 HEADLINE = {
     "accuracy": "accuracy",
     "balanced_accuracy": "balanced acc.",
     "macro_f1": "macro-F1",
-    "kappa_quadratic": "kappa (quadratic)",
+    "kappa": "Cohen's kappa",
     "auroc_macro": "AUROC (macro)",
     "ece": "ECE",
 }
-PAIRINGS = {
-    "image_to_image": "image → image",
-    "image_to_text": "image → note",
-    "text_to_image": "note → image",
-    "text_to_text": "note → note",
-}
+_WORDS = {"image": "image", "text": "note"}
+PAIRING_LABELS = {f"{q}_to_{g}": f"{_WORDS[q]} → {_WORDS[g]}" for q, g in PAIRINGS}
 
 
 def metrics_table(result: dict[str, Any]) -> pd.DataFrame:
@@ -105,12 +103,14 @@ def render_calibration(result: dict[str, Any], modality: str) -> None:
 
 
 def render_retrieval(result: dict[str, Any]) -> None:
-    ks = [5, 10, 20, 50]
+    ks = list(PRECISION_AT)
     fig = go.Figure()
-    for key, label in PAIRINGS.items():
+    for key, label in PAIRING_LABELS.items():
         r = result["retrieval"][key]
         fig.add_scatter(x=ks, y=[r.get(f"P@{k}") for k in ks], mode="lines+markers", name=label)
-    fig.add_hline(y=result.get("baselines", {}).get("chance", 0), line_dash="dot", annotation_text="chance")
+    chance = retrieval_chance(result)
+    if chance is not None:  # a random ranking's P@k: the share of same-class cases (class prevalence), not 1/C
+        fig.add_hline(y=chance, line_dash="dot", annotation_text=f"chance (class prevalence) {chance:.2f}")
     fig.update_layout(
         height=380,
         margin=dict(l=10, r=10, t=40, b=10),
@@ -126,10 +126,15 @@ def render_retrieval(result: dict[str, Any]) -> None:
             "mAP": result["retrieval"][key].get("mAP"),
             **{f"R@{k}": result["retrieval"][key].get(f"R@{k}") for k in (1, 5, 10)},
         }
-        for key, label in PAIRINGS.items()
+        for key, label in PAIRING_LABELS.items()
     ]
     st.dataframe(pd.DataFrame(rows).round(3), hide_index=True)
     st.caption("R@k: how often a case's own pair (its photo for its note, or back) is in the top k.")
+
+
+def retrieval_chance(result: dict[str, Any]) -> float | None:
+    """P@k of a random ranking for this evaluation (older evaluations did not record it)."""
+    return result["retrieval"].get("image_to_image", {}).get("chance")
 
 
 def render_embedding_map(result: dict[str, Any], colour: str) -> None:

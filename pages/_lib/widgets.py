@@ -41,40 +41,43 @@ def render_nav(user: User) -> None:
             st.page_link(path, label=label)
 
 
-def render_model_card(meta: dict[str, Any]) -> None:
-    """The active model's card from its metadata.json."""
-    st.subheader(f"Active model: `{meta.get('version', '?')}`")
-    st.caption(meta.get("intended_use", "Research use only; not for diagnostic purposes."))
-    encoders = meta.get("encoders", {})
+def render_model_card(card: Any) -> None:
+    """The active model's card (a ModelCard): what it learned from first, then its towers and test scores."""
+    st.subheader(f"Active model: `{card.version}`")
+    st.markdown(f"**Trained on:** {card.trained_on or 'not recorded'}")
+    st.caption(card.intended_use)
     cols = st.columns(3)
-    for col, key in zip(cols, ("image", "text"), strict=False):
-        enc = encoders.get(key, {})
-        if enc:
-            pretrained = "pretrained" if enc.get("pretrained") else "randomly initialised"
-            col.metric(f"{key.title()} encoder", str(enc.get("name", "?")), pretrained, delta_color="off")
-    data = meta.get("training_data", {})
-    if data:
-        cols[2].metric(
-            "Training cases",
-            data.get("train", {}).get("n", "?"),
-            ", ".join(data.get("note_strategies", [])) + " notes",
-            delta_color="off",
+    for col, kind in zip(cols, ("image", "text"), strict=False):
+        tower = card.encoders.get(kind)
+        if tower is not None:
+            trained = ", ".join(tower.trained) or "frozen"
+            pretrained = "pretrained" if tower.pretrained else "randomly initialised"
+            col.metric(f"{kind.title()} encoder", tower.name, f"{pretrained}; {trained}", delta_color="off")
+    train = card.training_data.train
+    cols[2].metric(
+        "Training cases", f"{train.n:,}", ", ".join(card.training_data.note_strategies) + " notes", delta_color="off"
+    )
+    head = card.headline
+    if head is not None:
+        st.markdown(
+            f"**Test scores** ({head.n} held-out {head.split} cases, `{head.text_strategy}` notes; model scores, "
+            "not diagnoses)"
         )
-    metrics = meta.get("metrics", {})
-    if metrics:
-        st.markdown("**Test metrics** (held-out split; model scores, not diagnoses)")
-        st.dataframe(_flat_metrics(metrics), hide_index=True)
+        rows = [
+            {
+                "modality": MODALITY_LABELS.get(m, m),
+                "balanced accuracy": s.balanced_accuracy,
+                "accuracy": s.accuracy,
+                "macro-F1": s.macro_f1,
+                "ECE": s.ece,
+            }
+            for m, s in head.modalities.items()
+        ]
+        st.dataframe(rows, hide_index=True)
+    else:
+        st.warning("This model has no test evaluation: nobody has measured how it scores.")
     with st.expander("Full model card (metadata.json)"):
-        st.json(meta)
-
-
-def _flat_metrics(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of (metric, value) from the card's flat metrics ("test_clinical_balanced_accuracy_fused": 0.61)."""
-    return [
-        {"metric": k.replace("_", " "), "value": round(v, 3)}
-        for k, v in sorted(metrics.items())
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    ]
+        st.json(card.to_dict(), expanded=False)
 
 
 # ---- inputs ----
@@ -336,33 +339,26 @@ def similar_query_ui(page: str) -> tuple[bytes | None, str | None, str, tuple[fl
     return image_bytes, note, "image" if collection == "images" else "text", (mix, 1.0 - mix)
 
 
-def filters_ui(page: str) -> dict[str, Any]:
-    """Metadata filters as a where-dict for the index."""
+def filters_ui(page: str) -> Any:
+    """Metadata filters as a typed CaseFilter (mmcore builds the index's `where` from it)."""
+    from mmcore.case_filters import AGE_RANGE, CaseFilter
     from mmcore.cases import DOMAINS, DX_CODES, DX_NAMES, SITES
 
     with st.expander("Filters"):
         c1, c2, c3 = st.columns(3)
         dx = c1.multiselect("Diagnosis", list(DX_CODES), format_func=lambda c: DX_NAMES.get(c, c), key=f"{page}_f_dx")
         site = c1.multiselect("Site", list(SITES), key=f"{page}_f_site")
-        ages = c2.slider("Age", 0, 100, (0, 100), key=f"{page}_f_age")
+        ages = c2.slider("Age", *AGE_RANGE, AGE_RANGE, key=f"{page}_f_age")
         sex = c2.multiselect("Sex", ["female", "male"], key=f"{page}_f_sex")
         fitz = c3.multiselect("Fitzpatrick", [1, 2, 3, 4, 5, 6], key=f"{page}_f_fitz")
         domain = c3.multiselect("Acquisition", list(DOMAINS), key=f"{page}_f_domain")
         source = c3.text_input("Source", key=f"{page}_f_source", placeholder="e.g. synthderm")
-    where: dict[str, Any] = {}
-    for key, value in (("dx", dx), ("site", site), ("sex", sex), ("fitzpatrick", fitz), ("domain", domain)):
-        if value:
-            where[key] = value
-    if ages != (0, 100):
-        where["age"] = {"$gte": ages[0], "$lte": ages[1]}
-    if source.strip():
-        where["source"] = source.strip()
-    return where
+    return CaseFilter(tuple(dx), tuple(site), tuple(sex), tuple(fitz), tuple(domain), source, tuple(ages))
 
 
 def render_comparison(case: Any, why: Any, image_bytes: bytes | None, note: str | None) -> None:
     """The query and a chosen case side by side, each with the heat map of what drives their similarity."""
-    from mmcore.explain import overlay
+    from mmcore.overlays import overlay
 
     left, right = st.columns(2)
     with left:

@@ -6,6 +6,7 @@ import time
 
 from app_helpers import open_page
 
+from mmcore.audit import AuditLog
 from mmcore.config import load_config
 from mmcore.jobs import JobManager
 from mmcore.model_store import active_version, list_versions
@@ -41,7 +42,7 @@ def test_admin_trains_watches_and_promotes(app_env_copy):
     at.number_input(key="admin_train_epochs").set_value(3)
     at.number_input(key="admin_train_lr").set_value(0.001)
     at.number_input(key="admin_train_size").set_value(32)
-    at.text_input(key="admin_train_extra").input("train.batch_size=8")
+    at.number_input(key="admin_train_batch").set_value(8)
     at.button(key="FormSubmitter:admin_train_form-Start training").click().run()
     assert not at.exception
     assert any("Started job" in s.value for s in at.success), [e.value for e in at.error]
@@ -64,16 +65,18 @@ def test_admin_trains_watches_and_promotes(app_env_copy):
     assert not at.exception
     assert any(f"{new[0]} is active" in s.value for s in at.success)
     assert active_version(load_config("tiny")) == new[0]
+    promoted = AuditLog(load_config("tiny").audit_path).read(event="promote")[-1]
+    assert promoted["user"] == "admin" and promoted["model_version"] == new[0]  # written once, by mmcore
 
 
 def test_bad_training_form_starts_nothing(app_env_copy):
     at = _as_admin()
     at.selectbox(key="admin_train_preset").set_value("tiny")
-    at.text_input(key="admin_train_extra").input("train.batch_size=1")
+    at.multiselect(key="admin_train_mix").set_value([])
     n_before = len(JobManager(load_config("tiny")).list())
     at.button(key="FormSubmitter:admin_train_form-Start training").click().run()
     assert not at.exception
-    assert any("batch_size must be at least 2" in e.value for e in at.error)
+    assert any("choose at least one note strategy" in e.value for e in at.error)
     assert len(JobManager(load_config("tiny")).list()) == n_before
 
 

@@ -27,7 +27,8 @@ def test_photo_and_note_give_scores_explanations_and_similar_cases(app_env):
     assert not at.exception
     assert any("Research use only" in w.value for w in at.warning)
     assert len(at.metric) >= 3  # the top 3 with malignancy
-    assert any("ISIC files it as" in m.value and "benign" in m.value or "malignant" in m.value for m in at.markdown)
+    filed = [m.value for m in at.markdown if "ISIC files it as" in m.value]
+    assert len(filed) == 3 and all(any(w in v for w in ("benign", "malignant", "indeterminate")) for v in filed)
     charts = at.get("plotly_chart")
     assert charts, "the score chart is missing"
     assert any("Image + note" in c.proto.spec for c in charts)
@@ -77,3 +78,18 @@ def test_changing_the_explanation_does_not_predict_again(app_env):
     at.selectbox(key="diagnose_method").set_value("Occlusion").run()
     assert not at.exception
     assert len(AuditLog(app_env / "audit.jsonl").read(event="predict")) == before
+
+
+def test_the_drafted_description_survives_editing(app_env):
+    at = _run(lesion_png(), None)
+    at.button(key="diagnose_draft").click().run()
+    assert not at.exception
+    draft = at.text_area(key="diagnose_draft_text")
+    assert draft.value.startswith("DRAFT for a clinician to edit")
+    edited = draft.value + "\nClinician: regular pigment network on dermoscopy."
+    draft.input(edited).run()  # the edit reruns the page without pressing the button again
+    assert at.text_area(key="diagnose_draft_text").value == edited
+    at.slider(key="diagnose_opacity").set_value(0.7).run()  # and so does any other widget
+    assert at.text_area(key="diagnose_draft_text").value == edited
+    drafted = AuditLog(app_env / "audit.jsonl").read(event="draft")
+    assert len(drafted) == 1 and drafted[0]["user"]  # who drafted it is on record

@@ -11,7 +11,6 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 
 
 def _free_port() -> int:
@@ -21,8 +20,12 @@ def _free_port() -> int:
 
 
 def start_streamlit(home: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """The app on a free port; its output goes to a log file beside the home (a pipe nobody reads would fill up and
+    stall the server)."""
     port = _free_port()
     env = {**os.environ, "MMDERM_HOME": str(home), **(extra_env or {})}
+    log_path = home.parent / f"streamlit-{port}.log"
+    log = log_path.open("wb")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -39,10 +42,11 @@ def start_streamlit(home: Path, extra_env: dict[str, str] | None = None) -> tupl
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    log.close()
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -53,4 +57,4 @@ def start_streamlit(home: Path, extra_env: dict[str, str] | None = None) -> tupl
         except OSError:
             time.sleep(0.5)
     proc.kill()
-    raise RuntimeError(f"streamlit did not start: {proc.stdout.read().decode()[-2000:] if proc.stdout else ''}")
+    raise RuntimeError(f"streamlit did not start: {log_path.read_text(errors='replace')[-2000:]}")

@@ -2,8 +2,8 @@
 
 Upload a photo, type a note, get scores and an overlay, open Similar cases and the Model report; open the Admin
 URL as a first request without signing in and see no admin content; sign in as admin, start a tiny training job
-and see its curve. Screenshots go to docs/screenshots/ (README shows them when taken on the demo home:
-`MMDERM_BROWSER_HOME=var make screenshots`).
+and see its curve. Screenshots go to MMDERM_SCREENSHOTS when set (`make screenshots` runs this on a scratch copy of
+the demo home and writes docs/screenshots/), else to a temporary folder.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from browser_helpers import SCREENSHOTS, start_streamlit
+from browser_helpers import start_streamlit
 
 pytestmark = pytest.mark.browser
 ADMIN_PASSWORD = "browser-test-admin"
@@ -56,19 +56,28 @@ def _lesion_file(tmp_path: Path) -> Path:
     return path
 
 
+def _drawn(page) -> None:
+    """Wait until the app is idle and every chart and image on the page has drawn (never a fixed sleep)."""
+    page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('[data-testid=stPlotlyChart]')).every(c => c.querySelector("
+        "'.main-svg')) && Array.from(document.images).every(i => i.complete)"
+    )
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")  # two frames
+
+
 def _shot(page, name: str) -> None:
     """A screenshot of the whole page: Streamlit scrolls inside its own container, so grow the viewport to it."""
-    # Only a run on the demo home (MMDERM_BROWSER_HOME) refreshes the README's pictures; others go to a temp dir.
-    folder = SCREENSHOTS if os.environ.get("MMDERM_BROWSER_HOME") else Path(tempfile.gettempdir()) / "mmderm-shots"
+    folder = Path(os.environ.get("MMDERM_SCREENSHOTS") or Path(tempfile.gettempdir()) / "mmderm-shots")
     folder.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(1500)  # let plotly finish drawing
+    _drawn(page)
     height = page.evaluate(
         "() => Math.max(...Array.from(document.querySelectorAll('[data-testid=stMain], section, div'))"
         ".map(e => e.scrollHeight))"
     )
     width = page.viewport_size["width"]
     page.set_viewport_size({"width": width, "height": min(int(height) + 40, 7000)})
-    page.wait_for_timeout(1500)
+    _drawn(page)
     page.screenshot(path=str(folder / name))
     page.set_viewport_size({"width": width, "height": 1000})
 
@@ -128,7 +137,7 @@ def test_admin_signs_in_starts_a_job_and_sees_its_curve(served, page):
     form.click()
     page.get_by_role("option", name="tiny").click()
     page.get_by_role("spinbutton", name="Epochs").fill("3")
-    page.get_by_role("textbox", name="More overrides (section.key=value, space separated)").fill("train.batch_size=8")
+    page.get_by_role("spinbutton", name="Batch size").fill("8")
     page.get_by_role("button", name="Start training").click()
     page.get_by_text("Started job").first.wait_for()
     page.locator("[data-testid=stMarkdown]").filter(has_text="succeeded").first.wait_for(timeout=400_000)

@@ -11,7 +11,6 @@ from mmcore.cases import (
     Case,
     CaseError,
     CaseStore,
-    assign_splits,
     normalise_age,
     normalise_fitzpatrick,
     normalise_sex,
@@ -19,6 +18,7 @@ from mmcore.cases import (
     validate_case,
 )
 from mmcore.images import load_image
+from mmcore.splits import assign_splits
 
 
 def _image_bytes(seed: int) -> bytes:

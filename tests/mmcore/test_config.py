@@ -47,7 +47,13 @@ def test_lists_and_types_are_parsed():
         (["train.epochz=3"], "unknown key train.epochz"),
         (["trian.epochs=3"], r"unknown section \[trian\]"),
         (["train.epochs=three"], "train.epochs must be an integer"),
-        (["train.freeze_backbones=1"], "must be true or false"),
+        (["train.augment=1"], "must be true or false"),
+        (["train.epochs=0"], "train.epochs must be between 1 and 10000"),
+        (["train.lr=5"], "train.lr must be between"),
+        (["train.finetune=most"], "train.finetune must be one of heads, partial, full"),
+        (["model.fusion=sum"], "model.fusion must be one of"),
+        (["data.split_fractions=[0, 0, 0]"], "not all zero"),
+        (["runtime.device=tpu"], "runtime.device must be"),
         (["epochs=3"], "section.key=value"),
         (["data.split_fractions=[0.5, 0.5]"], "must have 3 items"),
     ],
@@ -55,6 +61,24 @@ def test_lists_and_types_are_parsed():
 def test_bad_overrides_are_clear_errors(sets, message):
     with pytest.raises(ConfigError, match=message):
         load_config("tiny", sets=sets, env={})
+
+
+def test_ranges_hold_for_files_and_the_environment_too(tmp_path):
+    """What the Admin form refuses, the CLI, a TOML file or MMDERM_* cannot sneak past."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nbatch_size = 1\n")
+    with pytest.raises(ConfigError, match="train.batch_size must be between 2"):
+        load_config(bad, env={})
+    with pytest.raises(ConfigError, match="jobs.gpus must be between 0 and 64"):
+        load_config("tiny", env={"MMDERM_JOBS__GPUS": "-1"})
+    with pytest.raises(ConfigError, match="model.image_size"):
+        load_config("tiny", env={}).replace(**{"model.image_size": "8"})
+
+
+def test_a_run_config_written_before_the_finetune_setting_still_reads(tmp_path):
+    old = tmp_path / "config.toml"
+    old.write_text('[train]\nfreeze_backbones = true\n[index]\ntext_strategy = "P1"\n')
+    assert config_from_toml(old).train.finetune == "heads"
 
 
 def test_unknown_key_in_file_and_env(tmp_path):

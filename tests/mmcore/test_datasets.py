@@ -138,3 +138,16 @@ def test_feature_cache_computes_each_input_once_and_matches_the_towers(synth_hom
     assert set(inputs) == {"image_features", "text_features"} and inputs["text_features"].shape == (8, 32)
     assert model.heads(**inputs).fused_logits.shape == (8, len(DX_CLASSES))
     assert sum(len(y) for _, y in batches.ordered(5)) == len(cs)
+
+
+def test_caching_features_leaves_the_model_explainable(synth_home):
+    """Feature extraction runs under inference_mode; the model's own weights must stay normal tensors."""
+    from mmcore.explain_image import attribute_image
+
+    model = build_model(load_config("tiny", env={}).model, DX_CLASSES).eval()
+    with CaseStore(synth_home) as store, torch.inference_mode():
+        cases = store.cases()[:4]
+        image_features(model, store, cases, torch.device("cpu"))
+    assert not any(p.is_inference() for p in model.parameters())
+    images = torch.randn(1, 3, 32, 32)
+    assert attribute_image(model, images, "gradcam").shape == (1, 32, 32)

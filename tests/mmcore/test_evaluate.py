@@ -5,28 +5,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
 
 from mmcore.cases import CaseStore
-from mmcore.cli import main
+from mmcore.commands import main
 from mmcore.config import load_config
+from mmcore.embeddings import embed_cases
 from mmcore.evaluate import (
     balanced_accuracy,
     calibration,
     case_outputs,
     classification_metrics,
-    embed_cases,
     fitzpatrick_group,
     read_evaluations,
     retrieval_metrics,
     run_evaluation,
 )
-from mmcore.model_store import ModelStoreError, load_version, read_metadata
+from mmcore.model_store import ModelStoreError, load_version, read_card
 from mmcore.train import run_training
 
 CLASSES = ("a", "b", "c")
@@ -41,7 +39,7 @@ def _confident(labels: list[int], n_classes: int = 3) -> np.ndarray:
 def test_perfect_predictions_score_one_everywhere():
     labels = np.array([0, 1, 2, 0, 1, 2])
     m = classification_metrics(labels, _confident(labels.tolist()), CLASSES)
-    for key in ("accuracy", "balanced_accuracy", "macro_f1", "kappa_quadratic", "auroc_macro"):
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "kappa", "auroc_macro"):
         assert m[key] == pytest.approx(1.0), key
     assert m["auroc"] == {"a": 1.0, "b": 1.0, "c": 1.0}
     assert m["ece"] == pytest.approx(0.0, abs=1e-9)
@@ -58,14 +56,28 @@ def test_hand_computed_classification_metrics():
     assert m["accuracy"] == pytest.approx(4 / 6)
     # F1 a = 2*(3/4*3/4)/(3/2) = 0.75, F1 b = 2*(1/2*1/2)/1 = 0.5; class c never appears, so sklearn leaves it out
     assert m["macro_f1"] == pytest.approx(0.625)
-    # quadratic kappa: observed disagreements (0,1),(1,0) weigh 1/4 each with 3 classes; expected from marginals
-    observed = np.array([[3, 1], [1, 1]]) / 6
-    expected = np.outer([4 / 6, 2 / 6], [4 / 6, 2 / 6])
-    weights = np.array([[0, 0.25], [0.25, 0]])
-    assert m["kappa_quadratic"] == pytest.approx(1 - (weights * observed).sum() / (weights * expected).sum())
+    # Cohen's kappa, unweighted: p_o = 4/6 agreement, p_e from the marginals (4/6, 2/6) twice = 5/9
+    assert m["kappa"] == pytest.approx((4 / 6 - 5 / 9) / (1 - 5 / 9))
     assert math.isnan(m["auroc"]["c"])  # absent class: NaN, and left out of the macro mean
     assert m["auroc_macro"] == pytest.approx(np.mean([m["auroc"]["a"], m["auroc"]["b"]]))
     assert m["confusion"] == [[3, 1, 0], [1, 1, 0], [0, 0, 0]]
+
+
+def test_kappa_does_not_treat_diagnosis_codes_as_an_ordinal_scale():
+    # Confusing class 0 with 1 or with 2 is the same kind of error: codes are sorted alphabetically, not by severity.
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    near = classification_metrics(labels, _confident([1, 0, 1, 1, 2, 2]), CLASSES)
+    far = classification_metrics(labels, _confident([2, 0, 1, 1, 2, 2]), CLASSES)
+    assert near["kappa"] == pytest.approx(far["kappa"])
+
+
+def test_calibrated_scores_use_the_temperature_and_report_both_eces():
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    logits = _confident([0, 1, 2, 0, 1, 0]) / 10  # over-confident: one wrong at near-certainty
+    plain = classification_metrics(labels, logits, CLASSES)
+    warm = classification_metrics(labels, logits, CLASSES, temperature=3.0)
+    assert warm["accuracy"] == plain["accuracy"] and warm["confusion"] == plain["confusion"]  # argmax kept
+    assert warm["ece_uncalibrated"] == pytest.approx(plain["ece"]) and warm["ece"] != pytest.approx(plain["ece"])
 
 
 def test_ece_of_known_confidences():
@@ -94,6 +106,8 @@ def test_retrieval_on_a_known_ranking():
     assert r["mAP"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 2 + 1 / 2) / 4)
     assert r["P@5"] == pytest.approx(1 / 3)  # k capped at the 3 others, of which 1 shares the class
     assert "R@1" not in r
+    # A random ranking finds, per query, 1 same-class case among its 3 others: chance is 1/3, not 1 / n_classes
+    assert r["chance"] == pytest.approx(1 / 3)
 
     # Cross-modal: notes sit near their own image, but note 1 lies closer to image 0 than to image 1.
     notes = _unit([1, 2, 29, 61])
@@ -149,24 +163,27 @@ def test_evaluation_of_a_trained_model_is_stored_with_the_version(trained):
     assert list(stored) == ["test_clinical", "val_P1"] and stored["val_P1"]["n"] == 5  # the canonical one first
     with pytest.raises(ModelStoreError):
         read_evaluations(cfg, "../../etc")
-    card = read_metadata(cfg, version)
-    assert card["evaluation"]["test_clinical"]["n"] == n
-    assert card["metrics"]["test_clinical_accuracy_fused"] == result["classification"]["fused"]["accuracy"]
-    assert card["metrics"]["fused"]["macro_f1"] == result["classification"]["fused"]["macro_f1"]
-    assert "val_balanced_accuracy_fused" in card["metrics"]  # training's metrics are kept beside
+    card = read_card(cfg, version)
+    assert card.evaluations["test_clinical"].n == n and card.headline is card.evaluations["test_clinical"]
+    fused = card.evaluations["test_clinical"].modalities["fused"]
+    assert fused.accuracy == result["classification"]["fused"]["accuracy"]
+    assert fused.macro_f1 == result["classification"]["fused"]["macro_f1"]
+    assert card.evaluations["val_P1"].n == 5 and "balanced_accuracy_fused" in card.training.validation
 
 
-def test_embed_cases_gives_the_models_own_embeddings(trained):
+def test_embedded_cases_are_the_models_own_embeddings(trained):
     cfg, version = trained
     model = load_version(cfg, version, device="cpu").model
     with CaseStore(cfg.home) as store:
-        cases = store.cases(split="test", with_notes=True)
-        ids, image_vecs, text_vecs = embed_cases(model, store, cases, "P1", torch.device("cpu"), batch_size=4)
+        report = embed_cases(model, store, "scratch", ("P1",), batch_size=4)
+        ids, image_vecs = store.get_embeddings("scratch", "image")
+        _, text_vecs = store.get_embeddings("scratch", "text")
+        cases = [store.get(i, with_notes=True) for i in ids]
         transform = model.image_transform(train=False)
         images = torch.stack([transform(store.load_image(c)) for c in cases])  # (N, 3, S, S)
         tokens = model.tokenize([c.notes["P1"] for c in cases])
         outputs = case_outputs(model, store, cases, "P1", torch.device("cpu"))
-    assert ids == [c.case_id for c in cases]
+    assert report.image == report.text == len(ids) == 84 and report.embedded == {"image": 84, "text": 84}
     with torch.no_grad():
         out = model(images, **tokens)
     np.testing.assert_allclose(image_vecs, out.image_embeds.numpy(), atol=1e-5)
@@ -175,19 +192,10 @@ def test_embed_cases_gives_the_models_own_embeddings(trained):
     np.testing.assert_allclose(np.linalg.norm(image_vecs, axis=1), 1.0, atol=1e-5)
 
 
-def test_cli_eval_prints_json_and_delegates_explanations(trained, capsys, monkeypatch):
+def test_cli_eval_prints_json(trained, capsys):
     cfg, version = trained
     assert main(["eval", "--config", "tiny", "--limit", "5", "--text-strategy", "P1", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["n"] == 5 and payload["version"] == version and payload["text_strategy"] == "P1"
-    called = {}
-
-    def cli_eval_explanations(args, cfg):
-        called["args"] = args
-        return 0
-
-    fake = types.ModuleType("mmcore.explain")
-    fake.cli_eval_explanations = cli_eval_explanations
-    monkeypatch.setitem(sys.modules, "mmcore.explain", fake)
-    assert main(["eval", "--config", "tiny", "--explanations"]) == 0
-    assert called["args"].explanations is True
+    assert main(["eval", "--config", "tiny", "--text-strategy", "nope"]) == 2
+    assert "no test cases with a 'nope' note" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mmcore.cases import DX_CODES, SPLITS, CaseStore
-from mmcore.cli import build_parser, main
+from mmcore.commands import build_parser, main
 from mmcore.images import ImageRejected, load_image
 from mmcore.importers import (
     READERS,

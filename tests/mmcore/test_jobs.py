@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 
 import pytest
 
+from mmcore.audit import AuditLog
+from mmcore.checkpoints import CHECKPOINT_FILE, load_checkpoint
+from mmcore.commands.jobs import validated_spec
 from mmcore.config import load_config
-from mmcore.jobs import JobError, JobManager
+from mmcore.jobs import JobError, JobManager, JobSpec, notes_job, synth_job, train_job
 from mmcore.model_store import list_versions
-from mmcore.train import CHECKPOINT_FILE, load_checkpoint
 
-TINY = ["--config", "tiny", "--set", "train.batch_size=8"]
+
+def _train(epochs: int) -> JobSpec:
+    return train_job("tiny", {"train.batch_size": 8, "train.epochs": epochs})
 
 
 def _manager(home) -> JobManager:
@@ -43,30 +48,69 @@ def _wait_for(predicate, timeout: float = 120, what: str = "") -> None:
 def test_bad_job_configuration_is_refused_and_starts_nothing(synth_home):
     manager = _manager(synth_home)
     bad = [
-        (["--config", "tiny", "--set", "train.epochs=0"], "train.epochs must be at least 1"),
-        (["--config", "tiny", "--set", "train.lr=-1"], "train.lr must be between 0 and 1"),
-        (["--config", "tiny", "--set", "model.image_encoder=resnet9000"], "unknown image encoder 'resnet9000'"),
-        (["--config", "tiny", "--set", "train.epoch=3"], "unknown key train.epoch"),
-        (["--config", "nonexistent"], "no preset or file named 'nonexistent'"),
-        (["--config", "tiny", "--bogus"], "unrecognized arguments: --bogus"),
+        (lambda: train_job("tiny", {"train.epochs": 0}), "train.epochs must be between 1"),
+        (lambda: train_job("tiny", {"train.lr": -1.0}), "train.lr must be between"),
+        (lambda: train_job("tiny", {"model.image_encoder": "resnet9000"}), "unknown image encoder 'resnet9000'"),
+        (lambda: train_job("tiny", {"train.epoch": 3}), "unknown key train.epoch"),
+        (lambda: train_job("nonexistent"), "no preset or file named 'nonexistent'"),
+        (lambda: synth_job(0), "between 1 and 1,000,000"),
+        (lambda: notes_job("P9"), "unknown note strategy 'P9'"),
+        (lambda: validated_spec("train", ["--config", "tiny", "--bogus"]), "unrecognized arguments: --bogus"),
+        (lambda: validated_spec("train", ["--set", "train.batch_size=1"]), "train.batch_size must be between 2"),
+        (lambda: validated_spec("rm -rf /", []), "unknown job kind"),
     ]
-    for args, message in bad:
+    for build, message in bad:
         with pytest.raises(JobError, match=message):
-            manager.start("train", args)
+            manager.start(build(), "admin")
     with pytest.raises(JobError, match="unknown job kind"):
-        manager.start("rm -rf /", [])
+        manager.start(JobSpec("rm", ("-rf", "/")), "admin")
     assert manager.list() == []
     assert not any(p.is_dir() for p in manager.cfg.jobs_dir.iterdir())
 
 
+def test_typed_overrides_become_the_commands_arguments():
+    spec = train_job("tiny", {"train.note_strategies": ["P1", "clinical"], "train.augment": False, "train.lr": 0.01})
+    assert spec == JobSpec("train", ("--config", "tiny", "--set", 'train.note_strategies=["P1", "clinical"]',
+                                     "--set", "train.augment=false", "--set", "train.lr=0.01"))  # fmt: skip
+    assert validated_spec("train", list(spec.args)) == spec  # what the page builds, the CLI accepts
+
+
+def test_a_queued_job_is_claimed_by_one_supervisor_only(synth_home):
+    """Two app replicas reaping at once: before the atomic claim both launched the same job (20 of 20 trials)."""
+    managers = [_manager(synth_home) for _ in range(2)]
+    for _ in range(5):
+        row = managers[0]._db.execute(  # a queued job nobody has reaped yet
+            "INSERT INTO jobs (kind, args, user, status, created) VALUES ('eval', '[]', 'admin', 'queued', ?)",
+            (time.time(),),
+        )
+        job = managers[0].get(row.lastrowid)
+        job.dir.mkdir(parents=True)
+        barrier, launched = threading.Barrier(2), []
+
+        def launch(manager: JobManager, job_id: int = job.id, barrier=barrier, launched=launched) -> None:
+            barrier.wait()
+            launched.append(manager._launch(manager.get(job_id)))
+
+        threads = [threading.Thread(target=launch, args=(m,)) for m in managers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(launched) == [False, True]
+        assert managers[0].wait(job.id, timeout=120).status == "failed"  # no model to evaluate: it ran, once
+        assert managers[0].log_tail(job.id, 200).count("[job ") == 2  # one supervisor's start and end lines
+
+
 def test_tiny_train_job_shows_progress_and_cancels(synth_home):
     manager = _manager(synth_home)
-    job = manager.start("train", [*TINY, "--set", "train.epochs=200"], user="admin")
+    job = manager.start(_train(200), "admin")
     assert job.status == "running" and job.pid
     _wait_for(lambda: len(_epochs(manager, job.id)) >= 1, what="the first epoch's metrics")
     assert {"epoch", "train_loss"} <= set(manager.metrics(job.id)[0])
-    job = manager.cancel(job.id, wait=True)
+    job = manager.cancel(job.id, "admin", wait=True)
     assert job.status == "cancelled"
+    events = [(e["event"], e["user"], e["job"]) for e in AuditLog(manager.cfg.audit_path).read() if "job" in e]
+    assert events == [("job_start", "admin", job.id), ("job_cancel", "admin", job.id)]
     with pytest.raises(ProcessLookupError):
         os.killpg(job.pid, 0)  # the whole process group is gone
     checkpoint = load_checkpoint(job.run_dir / CHECKPOINT_FILE)  # saved cleanly on SIGTERM
@@ -77,7 +121,7 @@ def test_tiny_train_job_shows_progress_and_cancels(synth_home):
 def test_kill_9_reaped_then_resumed_to_the_end_without_corruption(synth_home):
     manager = _manager(synth_home)
     epochs = 12
-    job = manager.start("train", [*TINY, "--set", f"train.epochs={epochs}"])
+    job = manager.start(_train(epochs), "admin")
     first = job
     kills = 0
     saved = 0
@@ -97,7 +141,7 @@ def test_kill_9_reaped_then_resumed_to_the_end_without_corruption(synth_home):
         assert dead.status == "failed" and "killed" in dead.error
         checkpoint = load_checkpoint(first.run_dir / CHECKPOINT_FILE)  # never a half-written file
         assert 1 <= checkpoint["state"]["epoch"] <= epochs
-        job = manager.resume(job.id)
+        job = manager.resume(job.id, "admin")
         assert job.resumed_from == dead.id
     assert kills == 5
     final = manager.wait(job.id, timeout=300)
@@ -107,12 +151,14 @@ def test_kill_9_reaped_then_resumed_to_the_end_without_corruption(synth_home):
     logged = [json.loads(line)["epoch"] for line in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(1, epochs + 1))  # every epoch once, none lost or repeated across the kills
     assert len(list_versions(manager.cfg)) == 1
+    trained = AuditLog(manager.cfg.audit_path).read(event="train")
+    assert [e["user"] for e in trained] == ["admin"]  # the job's user, not the server's OS account
     assert not list(first.run_dir.glob("*.tmp")) and not list(first.run_dir.glob(".*.tmp"))
 
 
 def test_app_restart_in_the_middle_of_a_job(synth_home):
     app = _manager(synth_home)
-    job = app.start("train", [*TINY, "--set", "train.epochs=6"])
+    job = app.start(_train(6), "admin")
     _wait_for(lambda: len(_epochs(app, job.id)) >= 1, what="the first epoch")
     app.close()  # the app goes away; the job runs on in its own session
 
@@ -126,7 +172,7 @@ def test_app_restart_in_the_middle_of_a_job(synth_home):
 
 def test_reaper_marks_a_job_whose_supervisor_died(synth_home):
     manager = _manager(synth_home)
-    job = manager.start("train", [*TINY, "--set", "train.epochs=200"])
+    job = manager.start(_train(200), "admin")
     _wait_for(lambda: manager.get(job.id).child_pid is not None, what="the worker")
     os.killpg(job.pid, signal.SIGKILL)  # supervisor and worker die together, nothing reports
     _wait_for(lambda: not manager.get(job.id).active or manager.reap() == [job.id], what="the reaper")
@@ -136,8 +182,8 @@ def test_reaper_marks_a_job_whose_supervisor_died(synth_home):
 
 def test_concurrency_limit_queues_jobs(synth_home):
     manager = _manager(synth_home)
-    first = manager.start("train", [*TINY, "--set", "train.epochs=200"])
-    second = manager.start("synth", ["--n", "4", "--size", "32", "--seed", "5"])
+    first = manager.start(_train(200), "admin")
+    second = manager.start(JobSpec("synth", ("--n", "4", "--size", "32", "--seed", "5")), "admin")
     assert first.status == "running" and second.status == "queued"
-    manager.cancel(first.id, wait=True)
+    manager.cancel(first.id, "admin", wait=True)
     assert manager.wait(second.id, timeout=120).status == "succeeded"

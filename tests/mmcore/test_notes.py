@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from mmcore.cases import Case, CaseStore
-from mmcore.cli import main
+from mmcore.commands import main
 from mmcore.fidelity import DX_TERMS, check_note, diagnosis_mentions, read_note
 from mmcore.llm import HTTPChatBackend, LLMError, LocalCausalLM, build_prompt, write_note_llm
 from mmcore.notes import STRATEGIES, generate_notes, write_note

@@ -17,11 +17,12 @@ import torch
 
 from mmcore.audit import AuditLog
 from mmcore.cases import DX_CLASSES
-from mmcore.cli import main
+from mmcore.checkpoints import CHECKPOINT_FILE, METRICS_FILE, STEPS_FILE, load_checkpoint
+from mmcore.commands import main
 from mmcore.config import REPO_ROOT, load_config
 from mmcore.model import build_model
-from mmcore.model_store import active_version, list_versions, load_version, read_metadata
-from mmcore.train import CHECKPOINT_FILE, EXIT_STOPPED, METRICS_FILE, STEPS_FILE, load_checkpoint, run_training
+from mmcore.model_store import active_version, list_versions, load_version, read_card
+from mmcore.train import EXIT_STOPPED, run_training
 
 
 @pytest.fixture(autouse=True)
@@ -57,18 +58,22 @@ def test_training_loss_falls_and_the_run_registers_a_version(synth_home, capsys)
     for key in (*keys.split(), "val_accuracy_fused", "val_balanced_accuracy_fused"):
         assert key in epochs[0], key
     assert epochs[-1]["train_loss"] < 0.9 * epochs[0]["train_loss"]
-    card = read_metadata(synth_home, payload["version"])
-    assert card["training_data"]["train"]["n"] == sum(card["training_data"]["train"]["dx"].values())
-    assert card["training_data"]["note_strategies"] == ["P1"]
-    assert card["metrics"]["val_balanced_accuracy_fused"] == payload["metrics"]["val_balanced_accuracy_fused"]
+    card = read_card(synth_home, payload["version"])
+    train = card.training_data.train
+    assert train.n == sum(train.dx.values()) == sum(train.fitzpatrick.values()) == sum(train.site.values())
+    assert card.training_data.note_strategies == ["P1"] and card.training.finetune == "full"
+    assert card.training.validation["balanced_accuracy_fused"] == payload["metrics"]["balanced_accuracy_fused"]
     best = max(epochs, key=lambda e: e["val_balanced_accuracy_fused"])
-    assert card["training"]["selected_epoch"] == best["epoch"]
-    entry = AuditLog(synth_home / "audit.jsonl").read(event="train")[-1]
-    assert entry["version"] == payload["version"] and entry["promoted"] is True
+    assert card.training.selected_epoch == best["epoch"]
+    assert card.evaluated and card.headline.text_strategy == "clinical"  # evaluated on test before any promotion
+    audit = AuditLog(synth_home / "audit.jsonl")
+    user = audit.read(event="train")[-1]["user"]
+    assert audit.read(event="train")[-1]["model_version"] == payload["version"] and user.startswith("os:")
+    assert audit.read(event="promote")[-1]["model_version"] == payload["version"]
 
 
 def test_frozen_backbones_train_only_the_heads_on_cached_features(synth_home):
-    cfg = _cfg(synth_home, "train.freeze_backbones=true", "train.epochs=40", "train.lr=1e-2")
+    cfg = _cfg(synth_home, "train.finetune=heads", "train.epochs=40", "train.lr=1e-2")
     result = run_training(cfg, synth_home / "runs" / "frozen")
     losses = [e["train_loss"] for e in _lines(result.run_dir / METRICS_FILE)]
     assert sum(losses[-5:]) / 5 < 0.92 * sum(losses[:3]) / 3  # noisy epoch to epoch: balanced draws, 6 steps
@@ -78,7 +83,8 @@ def test_frozen_backbones_train_only_the_heads_on_cached_features(synth_home):
     trained = load_version(cfg, result.version, device="cpu").model
     for name, tensor in initial.image_encoder.state_dict().items():
         assert torch.equal(tensor, trained.image_encoder.state_dict()[name]), name
-    assert read_metadata(cfg, result.version)["training"]["freeze_backbones"] is True
+    card = read_card(cfg, result.version)
+    assert card.training.finetune == "heads" and card.encoders["image"].trained == []
     checkpoint = load_checkpoint(result.run_dir / CHECKPOINT_FILE)
     assert all(
         k.startswith(("image_proj", "text_proj", "shared", "classifier", "fusion", "image_drop", "text_drop"))
@@ -146,7 +152,7 @@ def test_sigterm_leaves_a_valid_checkpoint_and_resume_finishes(synth_home):
 @pytest.mark.parametrize("frozen", [False, True], ids=["fine-tune", "frozen"])
 def test_ddp_on_two_cpu_processes_matches_one_process(synth_home, frozen):
     """torchrun with 2 gloo processes against one process on the same global batches (batch 8 = 2 x 4)."""
-    sets = [f"train.freeze_backbones={str(frozen).lower()}", f"train.max_steps={2 if frozen else 1}"]
+    sets = [f"train.finetune={'heads' if frozen else 'full'}", f"train.max_steps={2 if frozen else 1}"]
     ddp_dir, one_dir = synth_home / "runs" / "ddp", synth_home / "runs" / "one"
     env = {**os.environ, "MMDERM_HOME": str(synth_home)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mmcore"]
