@@ -25,6 +25,11 @@ if predictor is None:
     st.info("No model is built yet. Run `make run` (it builds the demo model) or `python -m mmcore demo`.")
     st.stop()
 
+st.info(
+    f"**The active model learned from {predictor.card.trained_on or 'data its card does not describe'}.** "
+    "Photos unlike those are flagged and their scores hidden."
+)
+
 render_model_card(predictor.card)
 c1, c2, c3 = st.columns(3)
 c1.page_link("pages/1_Diagnose.py", label="Diagnose a lesion")

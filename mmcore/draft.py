@@ -25,6 +25,8 @@ def draft_description(predictor: Predictor, image_bytes: bytes, user: str = "") 
     """
     image = predictor.image_input(image_bytes)
     prediction = predictor.predict(image_bytes, None, user=user)
+    if prediction.in_distribution is False:  # a description of a photo the model cannot read would only mislead
+        return "No description drafted. " + " ".join(prediction.reasons)
     top = prediction.top
     lines = [
         f"DRAFT for a clinician to edit: written by mmderm (model {predictor.version}) from the photo alone. "

@@ -29,6 +29,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from mmcore.calibrate import expected_calibration_error, reliability_bins
 from mmcore.cases import Case, CaseStore
 from mmcore.config import Config
 from mmcore.datasets import (
@@ -50,7 +51,6 @@ MODALITIES = ("image", "text", "fused")
 PAIRINGS = (("image", "image"), ("image", "text"), ("text", "image"), ("text", "text"))  # (query, gallery)
 PRECISION_AT = (5, 10, 20, 50)
 RECALL_AT = (1, 5, 10)
-ECE_BINS = 15
 FITZPATRICK_GROUPS = {"1-2": (1, 2), "3-4": (3, 4), "5-6": (5, 6)}  # and "unknown"
 
 
@@ -69,27 +69,6 @@ def balanced_accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn warns about predicted classes absent from the labels
         return float(balanced_accuracy_score(labels, preds))
-
-
-def calibration(labels: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> tuple[float, list[dict[str, Any]]]:
-    """Expected calibration error over `n_bins` equal-width confidence bins, and the bins (for a reliability plot).
-
-    ECE = sum over bins of (cases in bin / N) * |accuracy in bin - mean confidence in bin| (Guo et al. 2017).
-    """
-    confidence = probs.max(1)  # (N,)
-    correct = probs.argmax(1) == labels  # (N,)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)  # (N,) bin of each case
-    bins, ece = [], 0.0
-    for b in range(n_bins):
-        inside = which == b
-        n = int(inside.sum())
-        conf = float(confidence[inside].mean()) if n else None
-        acc = float(correct[inside].mean()) if n else None
-        if n:
-            ece += n / len(labels) * abs(acc - conf)
-        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": n, "confidence": conf, "accuracy": acc})
-    return (float(ece) if len(labels) else math.nan), bins
 
 
 def auroc_per_class(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
@@ -115,7 +94,8 @@ def classification_metrics(
             warnings.simplefilter("ignore")  # kappa of a one-class sample is 0/0: NaN, reported as such
             # Unweighted: diagnoses have no order, so a quadratic weighting over class indices would be meaningless.
             kappa = float(cohen_kappa_score(labels, preds, labels=list(range(len(classes)))))
-    ece, bins = calibration(labels, probs)
+    ece = expected_calibration_error(probs, labels) if len(labels) else math.nan
+    bins = reliability_bins(probs, labels)
     auroc = auroc_per_class(labels, probs, classes)
     present = [v for v in auroc.values() if not math.isnan(v)]
     return {
@@ -127,7 +107,11 @@ def classification_metrics(
         "auroc": auroc,
         "auroc_macro": float(np.mean(present)) if present else math.nan,
         "ece": ece,
-        "ece_uncalibrated": calibration(labels, torch.softmax(raw, dim=-1).numpy())[0] if temperature != 1.0 else ece,
+        "ece_uncalibrated": (
+            expected_calibration_error(torch.softmax(raw, dim=-1).numpy(), labels)
+            if temperature != 1.0 and len(labels)
+            else ece
+        ),
         "temperature": temperature,
         "calibration": bins,
         "confusion": confusion_matrix(labels, preds, labels=list(range(len(classes)))).tolist(),  # rows: truth

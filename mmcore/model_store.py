@@ -33,6 +33,7 @@ from mmcore.devices import resolve_device
 from mmcore.embeddings import EmbedReport
 from mmcore.model import MultimodalModel, build_model
 from mmcore.model_card import INTENDED_USE, ModelCard, TowerCard, describe_training_data
+from mmcore.ood import OODFileError, OODScorer, load_ood
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.toml"
@@ -57,6 +58,7 @@ class LoadedModel:
     card: ModelCard
     version: str
     path: Path
+    ood: OODScorer | None = None  # None for a version saved before it had one (`models fit-ood` adds it)
 
 
 class PromotionRefused(ModelStoreError):
@@ -341,7 +343,11 @@ def load_version(
     if device is None:
         device = cfg.runtime.device
     model = model.to(device if isinstance(device, torch.device) else resolve_device(device)).eval()
-    return LoadedModel(model=model, cfg=cfg, card=card, version=version, path=folder)
+    try:
+        ood = load_ood(folder)  # its files' hashes were checked above with the rest
+    except OODFileError as e:
+        raise TamperedModelError(str(e)) from None
+    return LoadedModel(model=model, cfg=cfg, card=card, version=version, path=folder, ood=ood)
 
 
 def _write_atomic(path: Path, text: str) -> None:

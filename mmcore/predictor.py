@@ -15,7 +15,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,9 +22,9 @@ import torch
 from PIL import Image
 
 from mmcore.audit import AuditLog, sha256_text
+from mmcore.calibrate import Calibration
 from mmcore.case_filters import CaseFilter
-from mmcore.cases import DX_NAMES, MALIGNANCY, CaseStore, normalise_age, normalise_fitzpatrick, normalise_sex
-from mmcore.cases import normalise_site as _normalise_site
+from mmcore.cases import DX_NAMES, MALIGNANCY, CaseStore
 from mmcore.config import Config
 from mmcore.devices import resolve_device
 from mmcore.explain_image import IMAGE_METHODS, attribute_image, model_lock, similarity_maps
@@ -33,17 +32,14 @@ from mmcore.explain_text import attention_maps, integrated_gradients_text, merge
 from mmcore.images import DecodedImage, load_image
 from mmcore.model import MultimodalModel
 from mmcore.model_card import ModelCard
+from mmcore.ood import OODScorer
 from mmcore.overlays import colorbar, overlay, resize_map
+from mmcore.similar import RetrievalUnavailable, SimilarCase, SimilarityExplanation, load_similar_cases
+from mmcore.trust import InputCheck, check_inputs, check_metadata
 
 DISPLAY_SIDE = 512  # explanations come back at most this many pixels on the long side
 LOW_CONFIDENCE = 0.5
 MALIGNANT_WATCH = 0.2  # a malignant class below the top one but at least this probable gets a warning
-FEW_TRAINING_CASES = 20
-METADATA_KEYS = ("age", "sex", "site", "fitzpatrick")
-
-
-class RetrievalUnavailable(ValueError):
-    """No case index answers for this model version (not built yet, owned by another process, server down)."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +54,9 @@ class ClassScore:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Probabilities per modality ("image", "text", "fused": class -> probability, None where absent; "fused" only
-    when both were given), the top-k of `modality` (fused if present, else the one given), input hashes."""
+    """Calibrated probabilities per modality ("image", "text", "fused": class -> probability, None where absent;
+    "fused" only when both were given), the top-k of `modality` (fused if present, else the one given), input
+    hashes, and first of all whether the inputs are like the training data (`check`, mmcore.trust)."""
 
     probabilities: dict[str, dict[str, float] | None]
     top: list[ClassScore]
@@ -67,8 +64,24 @@ class Prediction:
     image_sha256: str
     note_sha256: str
     model_version: str
+    check: InputCheck
     warnings: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    calibrated: bool = False
+
+    @property
+    def in_distribution(self) -> bool | None:
+        """Whether every input is like the training data (None: this version has no OOD gate)."""
+        return self.check.in_distribution
+
+    @property
+    def ood_score(self) -> float | None:
+        return self.check.ood_score
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why the inputs are out of distribution, in plain words (empty when they are not)."""
+        return self.check.reasons
 
 
 @dataclass(frozen=True)
@@ -105,34 +118,6 @@ class Explanation:
     def colorbar(self, colormap: str = "inferno") -> Image.Image:
         """The legend of the overlay's colours."""
         return colorbar(colormap)
-
-
-@dataclass(frozen=True)
-class SimilarCase:
-    """A retrieved case: cosine similarity `score`, diagnosis, metadata for display, the image file for a thumbnail
-    (None when it is missing), and the case's notes (strategy -> text)."""
-
-    case_id: str
-    score: float
-    dx: str
-    name: str
-    malignancy: str
-    metadata: dict[str, Any]
-    image_path: Path | None
-    notes: dict[str, str]
-    modality: str
-
-
-@dataclass(frozen=True)
-class SimilarityExplanation:
-    """Why a case was retrieved: heat maps ((H, W) in [0, 1]) of what drives the cosine similarity on each image."""
-
-    case_id: str
-    score: float
-    query_image: Image.Image | None
-    query_heatmap: np.ndarray | None
-    case_image: Image.Image | None
-    case_heatmap: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -174,16 +159,21 @@ class _LRU:
 class Predictor:
     """One model version, loaded once; every method is safe to call from many threads at once."""
 
-    def __init__(self, model: MultimodalModel, cfg: Config, version: str, card: ModelCard) -> None:
+    def __init__(
+        self, model: MultimodalModel, cfg: Config, version: str, card: ModelCard, ood: OODScorer | None = None
+    ) -> None:
         self.model = model.eval()
         self.cfg = cfg
         self.version = version
         self.card = card
+        self.ood = ood
+        self.calibration = Calibration.from_dict(card.calibration) if card.calibration else None
         self.classes: tuple[str, ...] = tuple(model.classes)
         self.device = next(model.parameters()).device
         self._transform = model.image_transform()
         self._images = _LRU(16)
         self._notes = _LRU(256)
+        self._features = _LRU(64)  # tower features per input: predict, check, similar and the draft share them
         self._explanations = _LRU(64)
         self._explainer: MultimodalModel | None = None
         self._explainer_lock = threading.Lock()
@@ -197,7 +187,7 @@ class Predictor:
         from mmcore.model_store import load_version
 
         loaded = load_version(cfg, version, device=resolve_device(cfg.runtime.device))
-        return cls(loaded.model, cfg, loaded.version, loaded.card)
+        return cls(loaded.model, cfg, loaded.version, loaded.card, loaded.ood)
 
     # --- inputs -------------------------------------------------------------------------------------------------
 
@@ -236,10 +226,41 @@ class Predictor:
             raise ValueError("Give a photo, a note, or both.")
         return (self.image_input(image_bytes) if image_bytes is not None else None), note
 
+    def _tower_features(
+        self, image: _ImageInput | None, note: str | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(1, F_img) image-tower and (1, F_txt) pooled text-tower features, computed once per input."""
+
+        def image_feats() -> torch.Tensor:
+            with torch.inference_mode():
+                return self.model.image_encoder(image.tensor)
+
+        def text_feats() -> torch.Tensor:
+            with torch.inference_mode():
+                return self.model.text_encoder(**self._note(note)).pooled
+
+        img = self._features.get_or(("image", image.sha256), image_feats) if image is not None else None
+        txt = self._features.get_or(("text", sha256_text(note)), text_feats) if note is not None else None
+        return img, txt
+
     def _forward(self, image: _ImageInput | None, note: str | None) -> Any:
-        text = self._note(note) if note is not None else {}
+        image_features, text_features = self._tower_features(image, note)
         with torch.inference_mode():
-            return self.model(image.tensor if image is not None else None, **text)
+            return self.model.forward_features(image_features, text_features)
+
+    def _check(self, image: _ImageInput | None, note: str | None) -> InputCheck:
+        image_features, text_features = self._tower_features(image, note)
+        return check_inputs(
+            self.ood,
+            self.card,
+            None if image_features is None else image_features.float().cpu().numpy(),
+            note,
+            None if text_features is None else text_features.float().cpu().numpy(),
+        )
+
+    def check(self, image_bytes: bytes | None, note: str | None) -> InputCheck:
+        """Whether a photo and/or note are like this model's training data (what every page says first)."""
+        return self._check(*self._inputs(image_bytes, note))
 
     def _target_index(self, target: str | int | None, default: int) -> int:
         if target is None:
@@ -268,18 +289,31 @@ class Predictor:
         model itself reads only the image and the note. A bad upload raises images.ImageRejected (readable text).
         """
         image, note = self._inputs(image_bytes, note)
-        clean, warnings = self._check_metadata(metadata or {})
+        clean, warnings = check_metadata(self.card, metadata or {})
+        check = self._check(image, note)
+        note_verdict, image_verdict = check.verdicts.get("note"), check.verdicts.get("image")
+        if note_verdict and not note_verdict.in_distribution and image_verdict and image_verdict.in_distribution:
+            # A photo the model knows with a note it cannot read: score the photo alone, and say why.
+            warnings.append("The note was not used: " + " ".join(note_verdict.reasons))
+            note, check = None, self._check(image, None)
         out = self._forward(image, note)
         probabilities: dict[str, dict[str, float] | None] = {"image": None, "text": None, "fused": None}
         for modality, logits in (("image", out.image_logits), ("text", out.text_logits)):
             if logits is not None:
-                probabilities[modality] = self._probs(logits)
+                probabilities[modality] = self._probs(logits, modality)
         if image is not None and note is not None:
-            probabilities["fused"] = self._probs(out.fused_logits)
+            probabilities["fused"] = self._probs(out.fused_logits, "fused")
         modality = "fused" if probabilities["fused"] else ("image" if image is not None else "text")
         ranked = sorted(probabilities[modality].items(), key=lambda kv: -kv[1])[: max(1, top_k)]
         top = [ClassScore(dx, DX_NAMES.get(dx, dx), p, MALIGNANCY.get(dx, "indeterminate")) for dx, p in ranked]
-        warnings = self._warnings(probabilities, modality, top, image, note) + warnings
+        warnings = check.cautions + self._warnings(probabilities, modality, top, image, note) + warnings
+        if check.in_distribution is None:
+            warnings.append(
+                "this model version has no out-of-distribution gate: nothing says whether the inputs "
+                f"are like its training data (python -m mmcore models fit-ood {self.version})"
+            )
+        if self.calibration is None:
+            warnings.append("this model version is not calibrated: its scores may be over- or under-confident")
         prediction = Prediction(
             probabilities=probabilities,
             top=top,
@@ -287,8 +321,10 @@ class Predictor:
             image_sha256=image.sha256 if image is not None else "",
             note_sha256=sha256_text(note),
             model_version=self.version,
+            check=check,
             warnings=warnings,
             metadata=clean,
+            calibrated=self.calibration is not None,
         )
         self._audit.append(
             "predict",
@@ -299,11 +335,15 @@ class Predictor:
             top=top[0].dx,
             probability=round(top[0].probability, 4),
             modality=modality,
+            in_distribution=check.in_distribution,
+            ood_score=None if check.ood_score is None else round(check.ood_score, 4),
         )
         return prediction
 
-    def _probs(self, logits: torch.Tensor) -> dict[str, float]:
-        p = logits[0].float().softmax(-1).cpu().tolist()
+    def _probs(self, logits: torch.Tensor, modality: str) -> dict[str, float]:
+        """Calibrated probabilities (the version's temperature for this modality) of (1, C) logits."""
+        temperature = self.calibration.temperatures.get(modality, 1.0) if self.calibration else 1.0
+        p = (logits[0].float() / temperature).softmax(-1).cpu().tolist()
         return dict(zip(self.classes, p, strict=True))
 
     def _warnings(
@@ -339,33 +379,6 @@ class Predictor:
         if note is not None and int(self._note(note)["attention_mask"].sum()) >= self.model.cfg.max_text_length:
             out.append(f"the note is long: only its first {self.model.cfg.max_text_length} tokens were read")
         return out
-
-    def _check_metadata(self, metadata: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-        """Normalised age/sex/site/Fitzpatrick (CaseError, a ValueError, on an impossible value) and warnings."""
-        clean: dict[str, Any] = {}
-        warnings = []
-        unknown = sorted(set(metadata) - set(METADATA_KEYS))
-        if unknown:
-            warnings.append(f"ignored metadata fields: {', '.join(unknown)}")
-        if "age" in metadata:
-            clean["age"] = normalise_age(metadata["age"])
-        if "sex" in metadata:
-            clean["sex"] = normalise_sex(metadata["sex"])
-        if "site" in metadata:
-            clean["site"] = _normalise_site(metadata["site"])[0]
-        if "fitzpatrick" in metadata:
-            clean["fitzpatrick"] = normalise_fitzpatrick(metadata["fitzpatrick"])
-        train = self.card.training_data.train
-        for key, counts in (("fitzpatrick", train.fitzpatrick), ("site", train.site)):
-            value = clean.get(key)
-            if counts and value is not None:  # a card that recorded the counts (every version trained since)
-                n = int(counts.get(str(value), 0))
-                if n < FEW_TRAINING_CASES:
-                    label = "Fitzpatrick type" if key == "fitzpatrick" else "site"
-                    warnings.append(
-                        f"few training cases with {label} {value} ({n} of {train.n}): scores may be less reliable"
-                    )
-        return {k: v for k, v in clean.items() if v is not None}, warnings
 
     # --- explain ------------------------------------------------------------------------------------------------
 
@@ -473,45 +486,15 @@ class Predictor:
             hits = index.query(self.cfg, self.version, modality, query, k=k, where=where)
         except (index.IndexNotBuiltError, index.IndexLockedError, ConnectionError) as e:
             raise RetrievalUnavailable(f"Similar cases are not available: {str(e).splitlines()[0]}") from None
-        return self._cases(hits, modality)
+        store = self._store_handle()
+        with self._store_lock:  # one SQLite connection: reads one at a time
+            return load_similar_cases(store, hits, modality)
 
     def _store_handle(self) -> CaseStore:
         with self._store_lock:
             if self._store is None:
                 self._store = CaseStore(self.cfg.home)
             return self._store
-
-    def _cases(self, hits: list[tuple[str, float]], modality: str) -> list[SimilarCase]:
-        store = self._store_handle()
-        out = []
-        with self._store_lock:  # one SQLite connection: reads one at a time
-            for case_id, score in hits:
-                case = store.get(case_id, with_notes=True)
-                if case is None:  # the index is older than the store: skip what was deleted
-                    continue
-                path = store.image_path(case) if case.image_path else None
-                out.append(
-                    SimilarCase(
-                        case_id=case.case_id,
-                        score=float(score),
-                        dx=case.dx,
-                        name=DX_NAMES.get(case.dx, case.dx),
-                        malignancy=case.malignancy,
-                        metadata={
-                            "age": case.age,
-                            "sex": case.sex,
-                            "site": case.site,
-                            "fitzpatrick": case.fitzpatrick,
-                            "source": case.source,
-                            "domain": case.domain,
-                            "split": case.split,
-                        },
-                        image_path=path if path is not None and path.is_file() else None,
-                        notes=dict(case.notes),
-                        modality=modality,
-                    )
-                )
-        return out
 
     def explain_similarity(
         self, case_id: str, image_bytes: bytes | None = None, note: str | None = None, method: str = "gradcam"

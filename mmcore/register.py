@@ -114,11 +114,14 @@ def register_run(
 
 
 def complete_version(cfg: Config, version: str, loaded: LoadedModel | None = None) -> ModelCard:
-    """Make a saved version usable: evaluate it on its test split (see evaluation_strategy); returns its card."""
+    """Make a saved version usable and honest: its calibration and out-of-distribution gate fitted on the training and
+    validation splits, then its test evaluation (see evaluation_strategy); returns its card."""
     from mmcore.evaluate import run_evaluation
     from mmcore.model_store import load_version, read_card
 
     loaded = loaded or load_version(cfg, version)
+    fit_trust(cfg, loaded)
+    loaded = load_version(cfg, version)  # with its OOD scorer and calibration
     strategy = evaluation_strategy(cfg, loaded.card)
     if strategy is None:
         _say(f"warning: no note strategy covers every test case; {version} is not evaluated (eval it by hand)")
@@ -128,6 +131,39 @@ def complete_version(cfg: Config, version: str, loaded: LoadedModel | None = Non
         except ValueError as e:  # no test cases: the card says so by having no evaluation
             _say(f"warning: {version} could not be evaluated on its test split: {e}")
     return read_card(cfg, version)
+
+
+def fit_trust(cfg: Config, loaded: LoadedModel) -> ModelCard:
+    """Fit the version's OOD scorer (train split, threshold on val) and temperatures per modality (val split, with
+    the evaluation notes); write ood.safetensors/ood.json into its folder, hashed, and both into its card."""
+    from mmcore.calibrate import fit_calibration
+    from mmcore.evaluate import MODALITIES, case_outputs, select_cases
+    from mmcore.model_store import add_files, update_card
+    from mmcore.ood import fit_ood
+
+    card, model = loaded.card, loaded.model
+    data = card.training_data
+    strategies = data.note_strategies or list(cfg.train.note_strategies)
+    device = next(model.parameters()).device
+    strategy = evaluation_strategy(cfg, card)
+    with CaseStore(cfg.home) as store:
+        scorer = fit_ood(model, store, strategies, cfg.cache_dir, data.train_domains, data.source)
+        val, _ = select_cases(store, "val", model.classes, strategy) if strategy else ([], {})
+        outputs = case_outputs(model, store, val, strategy, device, cache_dir=cfg.cache_dir) if val else None
+    add_files(cfg, loaded.version, scorer.save(loaded.path))
+    calibration = None
+    if outputs is not None:
+        calibration = fit_calibration({m: outputs.logits(m) for m in MODALITIES}, outputs.labels)
+        temps = ", ".join(f"{m} {t:.2f}" for m, t in calibration.temperatures.items())
+        _say(f"calibrated on {calibration.n} validation cases ({strategy} notes): temperature {temps}")
+    else:
+        _say("warning: no validation cases with notes to calibrate on; scores stay uncalibrated")
+
+    def change(c: ModelCard) -> None:
+        c.ood = scorer.card()
+        c.calibration = calibration.to_dict() | {"text_strategy": strategy} if calibration else {}
+
+    return update_card(cfg, loaded.version, change)
 
 
 def evaluation_strategy(cfg: Config, card: ModelCard) -> str | None:

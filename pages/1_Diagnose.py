@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._lib import loaders
+from pages._lib.verdict import render_similar_warning, render_verdict
 from pages._lib.widgets import (
     case_inputs_ui,
     explanation_ui,
@@ -39,7 +40,9 @@ else:
     if result is None:
         st.stop()
     st.session_state["diagnose_result"] = ((predictor.version, request), result)
-render_prediction(result)
+# Whether the inputs are like the training data comes first; scores of out-of-distribution inputs stay hidden.
+if render_verdict(result.check, key=f"diagnose_show_scores_{result.image_sha256[:12]}_{result.note_sha256[:12]}"):
+    render_prediction(result)
 
 st.subheader("Why")
 method, target, opacity = explanation_ui("diagnose", predictor.classes, result.top[0].dx, has_image=bool(image_bytes))
@@ -64,6 +67,7 @@ else:
         st.session_state["diagnose_similar"] = ((predictor.version, request), similar)
 if similar is not None:
     st.session_state["similar_last_query"] = (image_bytes, note)  # the comparison on Similar cases reuses it
+    render_similar_warning(result.check)
     render_similar_strip(similar, "diagnose")
 
 if image_bytes and st.button("Draft a description", key="diagnose_draft"):

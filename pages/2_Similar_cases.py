@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._lib import loaders
+from pages._lib.verdict import render_similar_warning
 from pages._lib.widgets import filters_ui, page_setup, render_comparison, render_similar_strip, similar_query_ui
 
 user = page_setup("Similar cases")
@@ -27,6 +28,9 @@ with st.spinner("Searching the case library…"):
 if cases is None:
     st.stop()
 st.session_state["similar_last_query"] = (image_bytes, note)
+check = loaders.safe_call(predictor.check, image_bytes, note)
+if check is not None:
+    render_similar_warning(check)
 render_similar_strip(cases, "similar")
 
 chosen = st.session_state.get("similar_compare")

@@ -43,3 +43,12 @@ def synth_home(tiny_synth_template: Path, tmp_path: Path, monkeypatch: pytest.Mo
     shutil.copytree(tiny_synth_template, path)
     monkeypatch.setenv("MMDERM_HOME", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo pipeline on tiny towers (SynthDerm, training, calibration, OOD gate, evaluation, promotion, index),
+    built once per session by `python -m mmcore demo`; tests that change it take a copy."""
+    from app_helpers import build_tiny_home
+
+    return build_tiny_home(tmp_path_factory.mktemp("tiny_home"))

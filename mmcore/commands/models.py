@@ -22,7 +22,7 @@ from mmcore.register import card_text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["list", "show", "promote", "rollback", "verify"])
+    p.add_argument("action", choices=["list", "show", "promote", "rollback", "verify", "fit-ood"])
     p.add_argument("version", nargs="?", help="rollback: default the version active before the current one")
     p.add_argument(
         "--allow-unevaluated", action="store_true", help="promote a version with no test evaluation (audited)"
@@ -42,6 +42,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             return 0
         if args.action in ("promote", "rollback"):
             return _promote(args, cfg)
+        if args.action == "fit-ood":
+            return _fit_ood(args, cfg)
         return _verify(args, cfg)
     except ModelStoreError as e:
         raise CliError(str(e)) from None
@@ -69,6 +71,29 @@ def _promote(args: argparse.Namespace, cfg: Config) -> int:
         payload,
         f"active model: {version} (was {result.previous or 'none'}); indexed {result.indexed.get('image', 0)} "
         f"images and {result.indexed.get('text', 0)} notes of {e.cases} cases ({e.without_note} without a note)",
+    )
+    return 0
+
+
+def _fit_ood(args: argparse.Namespace, cfg: Config) -> int:
+    """Refit the OOD scorer and the calibration of an existing version (its files rehashed, its card updated)."""
+    from mmcore.model_store import load_version
+    from mmcore.register import fit_trust
+
+    version = args.version or active_version(cfg)
+    if not version:
+        raise CliError("fit-ood needs a version (see `python -m mmcore models list`)")
+    try:
+        card = fit_trust(cfg, load_version(cfg, version))
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    AuditLog(cfg.audit_path).append("fit_ood", acting_user(), model_version=version)
+    thresholds = ", ".join(f"{m} {v['threshold']:.3f}" for m, v in card.ood.items())
+    temps = ", ".join(f"{m} {t:.2f}" for m, t in card.calibration.get("temperatures", {}).items())
+    emit(
+        args,
+        {"model": version, "ood": card.ood, "calibration": card.calibration},
+        f"{version}: OOD thresholds {thresholds}; temperatures {temps or 'none'}",
     )
     return 0
 

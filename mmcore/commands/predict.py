@@ -43,18 +43,27 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def payload(p: Prediction) -> dict:
-    """The JSON contract of `predict --json`."""
+    """The JSON contract of `predict --json` (calibrated probabilities; the verdict on the inputs beside them)."""
     scores = p.probabilities[p.modality] or {}
+    check = p.check
     return {
         "model_version": p.model_version,
         "modality": p.modality,
         "top": [{"dx": c.dx, "probability": round(c.probability, 6), "malignancy": c.malignancy} for c in p.top],
         "probabilities": {dx: round(v, 6) for dx, v in scores.items()},
+        "calibrated": p.calibrated,
+        "in_distribution": check.in_distribution,
+        "ood_score": check.ood_score,
+        "ood_threshold": check.ood_threshold,
+        "reasons": list(check.reasons),
         "warnings": list(p.warnings),
     }
 
 
 def text(p: Prediction) -> str:
+    """The verdict first: out-of-distribution inputs get their reasons and no scores."""
+    if p.in_distribution is False:
+        return "\n".join(["OUT OF DISTRIBUTION: the scores are withheld.", *p.reasons, "(--json shows them anyway)"])
     lines = [f"model {p.model_version}, {p.modality}: " + ", ".join(f"{c.name} {c.probability:.0%}" for c in p.top)]
     lines += [f"warning: {w}" for w in p.warnings]
     return "\n".join(lines)

@@ -20,7 +20,8 @@ HEADLINE = {
     "macro_f1": "macro-F1",
     "kappa": "Cohen's kappa",
     "auroc_macro": "AUROC (macro)",
-    "ece": "ECE",
+    "ece": "ECE (calibrated)",
+    "ece_uncalibrated": "ECE before calibration",
 }
 _WORDS = {"image": "image", "text": "note"}
 PAIRING_LABELS = {f"{q}_to_{g}": f"{_WORDS[q]} → {_WORDS[g]}" for q, g in PAIRINGS}
@@ -89,11 +90,15 @@ def render_calibration(result: dict[str, Any], modality: str) -> None:
         marker=dict(size=[6 + min(20, b["count"] / 5) for b in bins]),
         name=MODALITIES[modality],
     )
-    ece = result["classification"][modality]["ece"]
+    scores = result["classification"][modality]
+    ece, before, t = scores["ece"], scores.get("ece_uncalibrated"), scores.get("temperature", 1.0)
+    title = f"Calibration: ECE {ece:.3f}" + (
+        f" (before temperature scaling {before:.3f}, T = {t:.2f})" if t != 1 else ""
+    )
     fig.update_layout(
         height=400,
         margin=dict(l=10, r=10, t=40, b=10),
-        title=f"Calibration (ECE {ece:.3f})",
+        title=title,
         xaxis_title="top score",
         yaxis_title="fraction correct",
         xaxis=dict(range=[0, 1]),

@@ -1,17 +1,9 @@
-"""AppTest fixtures: one tiny demo home per session (tiny towers, SynthDerm, index), caches cleared per test."""
+"""AppTest fixtures: the session's tiny demo home (tests/conftest.py), Streamlit caches cleared per test."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import streamlit as st
-from app_helpers import build_tiny_home
-
-
-@pytest.fixture(scope="session")
-def tiny_home(tmp_path_factory) -> Path:
-    return build_tiny_home(tmp_path_factory.mktemp("tiny_home"))
 
 
 @pytest.fixture

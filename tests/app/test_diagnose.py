@@ -93,3 +93,38 @@ def test_the_drafted_description_survives_editing(app_env):
     assert at.text_area(key="diagnose_draft_text").value == edited
     drafted = AuditLog(app_env / "audit.jsonl").read(event="draft")
     assert len(drafted) == 1 and drafted[0]["user"]  # who drafted it is on record
+
+
+def _text_page_png() -> bytes:
+    """A photographed page of text: nothing like a skin lesion."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    page = Image.new("RGB", (400, 500), "white")
+    draw = ImageDraw.Draw(page)
+    for i in range(25):
+        draw.text((20, 15 + 19 * i), "Lorem ipsum dolor sit amet, consectetur adipiscing elit " * 2, fill="black")
+    buf = io.BytesIO()
+    page.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_an_out_of_distribution_photo_is_said_so_first_and_its_scores_wait_to_be_asked_for(app_env):
+    at = _run(_text_page_png(), None, name="page.png")
+    assert not at.exception
+    assert at.error and at.error[0].value.startswith("**Outside what this model knows.** This photo is unlike")
+    assert "SynthDerm: procedurally drawn lesions, not real photographs" in at.error[0].value
+    assert not at.metric and not any("Top 3" in m.value for m in at.markdown)  # no class scores
+    assert at.get("image"), "the saliency map stays available"
+    toggle = next(t for t in at.toggle if t.label == "Show the scores anyway")
+    toggle.set_value(True).run()
+    assert not at.exception and len(at.metric) >= 3
+    assert any("Shown on request" in w.value for w in at.warning)
+    entry = AuditLog(app_env / "audit.jsonl").read(event="predict")[-1]
+    assert entry["in_distribution"] is False
+
+
+def test_a_lesion_photo_passes_the_gate(app_env):
+    at = _run(lesion_png(size=32), None)
+    assert not at.exception and not at.error and len(at.metric) >= 3

@@ -116,6 +116,28 @@ def test_diagnose_similar_and_report(served, page, tmp_path):
     assert page.get_by_text("Traceback").count() == 0
 
 
+def test_a_non_lesion_photo_is_flagged_before_any_score(served, page, tmp_path):
+    from PIL import Image, ImageDraw
+
+    photo = tmp_path / "page.png"
+    sheet = Image.new("RGB", (400, 500), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i in range(25):
+        draw.text((20, 15 + 19 * i), "Lorem ipsum dolor sit amet, consectetur adipiscing elit " * 2, fill="black")
+    sheet.save(photo)
+    url, _, _ = served
+    page.goto(f"{url}/Diagnose")
+    page.locator("input[type=file]").first.set_input_files(str(photo))
+    page.get_by_role("button", name="Analyse").click()
+    page.get_by_text("Outside what this model knows").first.wait_for()
+    page.get_by_text("where the model looked").first.wait_for()  # saliency stays available
+    assert page.get_by_text("Top 3").count() == 0 and page.get_by_text("ISIC files it as").count() == 0
+    _shot(page, "diagnose_out_of_distribution.png")
+    page.get_by_text("Show the scores anyway").click()
+    page.get_by_text("Top 3").first.wait_for()
+    page.get_by_text("Shown on request").first.wait_for()
+
+
 def test_admin_url_as_first_request_shows_nothing_without_login(served, page):
     url, _, _ = served
     page.goto(f"{url}/Admin")

@@ -9,10 +9,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from mmcore.audit import AuditLog
-from mmcore.commands import COMMANDS, build_parser
+from mmcore.commands import COMMANDS, build_parser, main
 
 
 def _run(args: list[str], home) -> subprocess.CompletedProcess:
@@ -86,11 +87,19 @@ def test_import_notes_train_promote_and_query_from_the_command_line(tmp_path):
     steps = [
         ["import", "--format", "ham10000", "--metadata", str(metadata), "--images", str(images), "--json"],
         ["notes", "generate", "--strategy", "clinical", "--json", *tiny],
-        ["train", "--promote", "--json", *tiny, "--set", "train.note_strategies=[\"clinical\"]",
-         "--set", "train.epochs=2"],
+        [
+            "train",
+            "--promote",
+            "--json",
+            *tiny,
+            "--set",
+            'train.note_strategies=["clinical"]',
+            "--set",
+            "train.epochs=2",
+        ],
         ["index", "query", "--text", "new dark lesion on the back, grew over months", "--k", "5", "--json", *tiny],
         ["index", "query", "--text", "itchy pink patch", "--modality", "text", "--k", "3", "--json", *tiny],
-    ]  # fmt: skip
+    ]
     outputs = []
     for argv in steps:
         out = _run(argv, home)
@@ -105,3 +114,69 @@ def test_import_notes_train_promote_and_query_from_the_command_line(tmp_path):
     assert promoted["indexed_image"] == promoted["indexed_text"] == promoted["cases"] == 60
     models = json.loads(_run(["models", "list", "--json", *tiny], home).stdout)
     assert models["active"] == trained["version"] and models["versions"][0]["evaluated"] is True
+
+
+def _text_page(path) -> None:
+    """A photographed page of text: nothing like a skin lesion."""
+    from PIL import ImageDraw
+
+    page = Image.new("RGB", (400, 500), "white")
+    draw = ImageDraw.Draw(page)
+    for i in range(25):
+        draw.text((20, 15 + 19 * i), "Lorem ipsum dolor sit amet, consectetur adipiscing elit " * 2, fill="black")
+    page.save(path)
+
+
+def test_predict_json_keeps_its_contract(tiny_home, tmp_path, monkeypatch, capsys):
+    from mmcore.cases import CaseStore
+
+    with CaseStore(tiny_home) as store:  # a held-out case of the kind the model learned from, with its note
+        case = store.cases(split="test", with_notes=True)[0]
+        lesion, note = store.image_path(case), case.notes["clinical"]
+    page = tmp_path / "page.png"
+    _text_page(page)
+    monkeypatch.setenv("MMDERM_HOME", str(tiny_home))
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main([*argv, "--config", "tiny"])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    keys = {
+        "model_version",
+        "modality",
+        "top",
+        "probabilities",
+        "calibrated",
+        "in_distribution",
+        "ood_score",
+        "ood_threshold",
+        "reasons",
+        "warnings",
+    }
+    code, out, err = run("predict", str(lesion), "--note", note, "--json")
+    assert code == 0, err
+    ok = json.loads(out)
+    assert set(ok) == keys and ok["modality"] == "fused" and ok["calibrated"] is True
+    assert ok["in_distribution"] is True and ok["reasons"] == [] and ok["ood_score"] <= ok["ood_threshold"]
+    assert sum(ok["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert [t["dx"] for t in ok["top"]] == sorted(ok["probabilities"], key=ok["probabilities"].get, reverse=True)[:3]
+    assert all(t["malignancy"] in ("benign", "malignant", "indeterminate") for t in ok["top"])
+
+    code, out, err = run("predict", str(page), "--json")
+    assert code == 0, err  # a verdict was produced: exit 0, in or out of distribution
+    verdict = json.loads(out)
+    assert set(verdict) == keys and verdict["in_distribution"] is False and verdict["reasons"]
+    code, text, _ = run("predict", str(page))
+    assert code == 0 and text.startswith("OUT OF DISTRIBUTION") and "%" not in text  # no scores without --json
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    code, _, err = run("predict", str(bad))
+    assert code == 2 and err.count("\n") == 1 and "not an image format we recognise" in err
+    entries = [e for e in AuditLog(tiny_home / "audit.jsonl").read(event="predict") if e["user"].startswith("os:")]
+    code, out, _ = run("predict", str(lesion), "--note", "qwx zvbn plok", "--json")
+    scored = json.loads(out)  # a note the model cannot read is left out; the photo is still scored
+    assert scored["modality"] == "image" and scored["in_distribution"] is True
+    assert any(w.startswith("The note was not used") for w in scored["warnings"])
+    assert [e["in_distribution"] for e in entries[-3:]] == [True, False, False]

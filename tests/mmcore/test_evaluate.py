@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from mmcore.calibrate import expected_calibration_error, reliability_bins
 from mmcore.cases import CaseStore
 from mmcore.commands import main
 from mmcore.config import load_config
 from mmcore.embeddings import embed_cases
 from mmcore.evaluate import (
     balanced_accuracy,
-    calibration,
     case_outputs,
     classification_metrics,
     fitzpatrick_group,
@@ -84,7 +84,7 @@ def test_ece_of_known_confidences():
     # two cases at confidence 0.9 (one right), two at 0.6 (both right): |0.5-0.9|*2/4 + |1-0.6|*2/4 = 0.4
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
     labels = np.array([0, 1, 0, 1])
-    ece, bins = calibration(labels, probs, n_bins=15)
+    ece, bins = expected_calibration_error(probs, labels), reliability_bins(probs, labels)
     assert ece == pytest.approx(0.4)
     filled = [b for b in bins if b["count"]]
     assert [(b["count"], b["accuracy"]) for b in filled] == [(2, 1.0), (2, 0.5)]

@@ -4,6 +4,7 @@ probabilities per modality, the audit entry (hashes, never the note), intake err
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 
@@ -323,3 +324,57 @@ def test_draft_note_says_it_is_a_draft_and_is_grounded(served):
     assert "Similar past cases: of the 5 nearest" in draft
     drafted = AuditLog(cfg.audit_path).read(event="draft")[-1]  # who drafted what is on record, never the text
     assert drafted["user"] == "dr_b" and drafted["model_version"] == predictor.version and "text" not in drafted
+
+
+# --- trust: the out-of-distribution verdict and calibrated scores ---------------------------------------------
+
+
+def _gate(predictor: Predictor, threshold: float):
+    """An image gate fitted on random features, with its threshold set by hand (-1: flag everything)."""
+    import dataclasses
+
+    from mmcore.ood import OODScorer, fit_image_ood
+
+    rng = np.random.default_rng(0)
+    dim = predictor.model.image_encoder.feature_dim
+    image = fit_image_ood(rng.normal(size=(40, dim)), np.arange(40) % 2, rng.normal(size=(20, dim)))
+    return OODScorer(image=dataclasses.replace(image, threshold=threshold), note=None)
+
+
+def test_a_version_without_a_gate_says_so(served):
+    predictor, _, _ = served
+    p = predictor.predict(_photo(1), None)
+    assert p.in_distribution is None and p.ood_score is None
+    assert any("no out-of-distribution gate" in w for w in p.warnings)
+    assert any("not calibrated" in w for w in p.warnings)
+
+
+def test_an_out_of_distribution_photo_is_said_so_and_audited(served):
+    predictor, cfg, _ = served
+    card = dataclasses.replace(predictor.card, trained_on="SynthDerm: procedurally drawn lesions, not real photographs")
+    gated = Predictor(predictor.model, cfg, predictor.version, card, _gate(predictor, threshold=-1.0))
+    p = gated.predict(_photo(2), None, user="dr_c")
+    assert p.in_distribution is False and p.ood_score > p.check.ood_threshold
+    assert p.reasons == [
+        "This photo is unlike the cases this model learned from (SynthDerm: procedurally drawn lesions, not real "
+        "photographs); its scores would mean nothing."
+    ]
+    entry = AuditLog(cfg.audit_path).read(event="predict")[-1]
+    assert entry["in_distribution"] is False and entry["user"] == "dr_c" and entry["ood_score"] > 0
+    assert gated.check(_photo(2), None).in_distribution is False
+    assert gated.draft_note(_photo(2)).startswith("No description drafted. This photo is unlike")
+    passing = Predictor(predictor.model, cfg, predictor.version, card, _gate(predictor, threshold=1e9))
+    assert passing.predict(_photo(2), None).in_distribution is True
+
+
+def test_scores_are_calibrated_with_the_versions_temperature(served):
+    predictor, cfg, _ = served
+    card = dataclasses.replace(predictor.card, calibration={"temperatures": {"image": 3.0, "text": 1.0, "fused": 1.0}})
+    warm = Predictor(predictor.model, cfg, predictor.version, card)
+    plain, calibrated = predictor.predict(_photo(3), None), warm.predict(_photo(3), None)
+    assert calibrated.calibrated and not plain.calibrated
+    p, q = plain.probabilities["image"], calibrated.probabilities["image"]
+    assert sum(q.values()) == pytest.approx(1.0) and max(q, key=q.get) == max(p, key=p.get)  # argmax kept
+    logits = np.log([p[c] for c in predictor.classes])  # log-softmax, up to a constant
+    expected = np.exp(logits / 3.0) / np.exp(logits / 3.0).sum()
+    np.testing.assert_allclose([q[c] for c in predictor.classes], expected, atol=1e-6)
