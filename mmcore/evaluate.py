@@ -71,6 +71,18 @@ def balanced_accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
         return float(balanced_accuracy_score(labels, preds))
 
 
+UNDECIDED = -1  # a case whose top score is shared by several classes
+
+
+def decisions(probs: np.ndarray) -> np.ndarray:
+    """(N,) the top class of each row of (N, C) scores; UNDECIDED where several classes share the top score, which
+    then counts as wrong (as the ISIC challenge's scoring does: isic_challenge_scoring.metrics._to_labels)."""
+    top = probs.max(1, keepdims=True)
+    preds = probs.argmax(1)
+    preds[(probs == top).sum(1) > 1] = UNDECIDED
+    return preds
+
+
 def auroc_per_class(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
     """One-vs-rest AUROC of each class; NaN where the class is absent (or is every case) in `labels`."""
     out = {}
@@ -87,7 +99,7 @@ def classification_metrics(
     softmax(logits / temperature), and `ece_uncalibrated` is the ECE of the plain softmax."""
     raw = torch.as_tensor(logits, dtype=torch.float64)
     probs = torch.softmax(raw / temperature, dim=-1).numpy()  # (N, C)
-    preds = probs.argmax(1)
+    preds = decisions(probs)
     kappa = math.nan
     if len(labels):
         with warnings.catch_warnings():

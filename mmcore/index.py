@@ -71,6 +71,9 @@ class Hit:
     score: float  # cosine similarity
     distance: float  # Chroma's cosine distance, 1 - score
     metadata: dict[str, Any]  # every METADATA_FIELDS key; None where unknown
+    # Share of the library's own neighbour similarities at or below `score` (0-100): the raw cosine sits in a narrow
+    # band for everything, so it says little; this separates near from far. None where not computed (HNSW).
+    percentile: float | None = None
 
 
 # ---- names, metadata, vectors ----
@@ -159,6 +162,15 @@ class _Snapshot:
     columns: dict[str, np.ndarray]  # field -> (N,): float64 for numbers (NaN unknown), else int32 codes (-1 unknown)
     vocab: dict[str, dict[str, int]]  # text field -> value -> code
     checked_at: float
+    reference: np.ndarray | None = None  # sorted similarities of library cases to their nearest neighbours
+
+    def percentiles(self, sims: np.ndarray) -> np.ndarray:
+        """Where similarities fall among the library's own neighbour similarities, in percent."""
+        if self.reference is None:
+            self.reference = neighbour_similarities(self.vectors)
+        if not len(self.reference):
+            return np.full(len(sims), np.nan)
+        return 100.0 * np.searchsorted(self.reference, sims, side="right") / len(self.reference)
 
     @classmethod
     def load(cls, collection: Any) -> _Snapshot:
@@ -452,7 +464,10 @@ class CaseIndex:
         order, sims = exact_search(
             q, snap.vectors, k, filter_mask(conditions, snap.columns, snap.vocab) if conditions else None
         )
-        return [_hit(snap.ids[i], float(s), snap.metadatas[i]) for i, s in zip(order, sims, strict=True)]
+        ranks = snap.percentiles(sims)
+        return [
+            _hit(snap.ids[i], float(s), snap.metadatas[i], float(r)) for i, s, r in zip(order, sims, ranks, strict=True)
+        ]
 
     def _snapshot(self, version: str, modality: str) -> _Snapshot:
         name = collection_name(version, modality)
@@ -496,9 +511,24 @@ def _own(path: Path) -> filelock.BaseFileLock:
     return lock
 
 
-def _hit(case_id: str, score: float, metadata: Mapping[str, Any] | None) -> Hit:
+def _hit(case_id: str, score: float, metadata: Mapping[str, Any] | None, percentile: float | None = None) -> Hit:
     meta = dict(metadata or {})
-    return Hit(case_id, score, 1.0 - score, {f: meta.get(f) for f in METADATA_FIELDS})
+    rank = None if percentile is None or percentile != percentile else round(percentile, 1)
+    return Hit(case_id, score, 1.0 - score, {f: meta.get(f) for f in METADATA_FIELDS}, rank)
+
+
+def neighbour_similarities(vectors: np.ndarray, k: int = 8, sample: int = 1000, seed: int = 0) -> np.ndarray:
+    """Sorted cosine similarities of up to `sample` library cases to their k nearest other cases: what "near" means
+    in this library (a hit's percentile is measured against it)."""
+    n = len(vectors)
+    if n < 2:
+        return np.zeros(0, dtype=np.float32)
+    rows = np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False)
+    sims = vectors[rows] @ vectors.T  # (S, N)
+    sims[np.arange(len(rows)), rows] = -np.inf  # a case is not its own neighbour
+    kk = min(k, n - 1)
+    top = np.partition(sims, -kk, axis=1)[:, -kk:]  # (S, kk)
+    return np.sort(top.ravel())
 
 
 # ---- the process's own index: what the Predictor and the pages use ----
@@ -526,6 +556,6 @@ def close_indexes() -> None:
 
 def query(
     cfg: Config, version: str, modality: str, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None
-) -> list[tuple[str, float]]:
-    """(case_id, cosine similarity) of the k cases nearest `vector` in a version's `modality` collection."""
-    return [(h.case_id, h.score) for h in get_index(cfg).search(version, vector, modality=modality, k=k, where=where)]
+) -> list[Hit]:
+    """The k cases nearest `vector` in a version's `modality` collection, on this process's index."""
+    return get_index(cfg).search(version, vector, modality=modality, k=k, where=where)

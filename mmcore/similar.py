@@ -31,6 +31,7 @@ class SimilarCase:
     image_path: Path | None
     notes: dict[str, str]
     modality: str
+    percentile: float | None = None  # among the library's own neighbour similarities (index.Hit.percentile)
 
 
 @dataclass(frozen=True)
@@ -45,18 +46,19 @@ class SimilarityExplanation:
     case_heatmap: np.ndarray | None
 
 
-def load_similar_cases(store: CaseStore, hits: list[tuple[str, float]], modality: str) -> list[SimilarCase]:
-    """The cases of (case_id, cosine similarity) hits, in order; a case deleted since the index was built is skipped."""
+def load_similar_cases(store: CaseStore, hits: list[Any], modality: str) -> list[SimilarCase]:
+    """The cases of index hits (index.Hit), in order; a case deleted since the index was built is skipped."""
     out = []
-    for case_id, score in hits:
-        case = store.get(case_id, with_notes=True)
+    for hit in hits:
+        case = store.get(hit.case_id, with_notes=True)
         if case is None:  # the index is older than the store: skip what was deleted
             continue
         path = store.image_path(case) if case.image_path else None
         out.append(
             SimilarCase(
                 case_id=case.case_id,
-                score=float(score),
+                score=float(hit.score),
+                percentile=hit.percentile,
                 dx=case.dx,
                 name=DX_NAMES.get(case.dx, case.dx),
                 malignancy=case.malignancy,

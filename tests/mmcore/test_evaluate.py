@@ -199,3 +199,43 @@ def test_cli_eval_prints_json(trained, capsys):
     assert payload["n"] == 5 and payload["version"] == version and payload["text_strategy"] == "P1"
     assert main(["eval", "--config", "tiny", "--text-strategy", "nope"]) == 2
     assert "no test cases with a 'nope' note" in capsys.readouterr().err
+
+
+def _isic_frames(labels: np.ndarray, probs: np.ndarray) -> tuple:
+    import pandas as pd
+
+    columns = pd.Index([f"c{i}" for i in range(probs.shape[1])])
+    truth = pd.DataFrame(np.eye(probs.shape[1])[labels], columns=columns)
+    return truth, pd.DataFrame(probs, columns=columns), pd.Series(np.ones(len(labels)))
+
+
+@pytest.mark.parametrize("case", ["random", "missing_class", "ties", "one_class_right"])
+def test_balanced_accuracy_and_auc_agree_with_the_official_isic_scoring(case):
+    """mmcore.evaluate against isic-challenge-scoring (the ISIC Challenge's own package), to 1e-6."""
+    from isic_challenge_scoring import metrics as isic
+
+    rng = np.random.default_rng(7)
+    n, c = 120, 7
+    labels = rng.integers(0, c, n)
+    probs = rng.dirichlet(np.ones(c), n)
+    if case == "missing_class":
+        labels[labels == 3] = 4  # class 3 never occurs in the truth
+    elif case == "ties":
+        probs = np.round(probs * 4) / 4 + 1e-9  # many equal scores: argmax and ranking ties
+    elif case == "one_class_right":
+        probs = np.full((n, c), 1 / c)
+        probs[labels == 2, 2] = 0.9
+    logits = np.log(probs)
+    ours = classification_metrics(labels, logits, [f"c{i}" for i in range(c)])
+    scored = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=-1).numpy()  # the very scores we rank
+    truth, predicted, weights = _isic_frames(labels, scored)
+    assert ours["balanced_accuracy"] == pytest.approx(
+        isic.balanced_multiclass_accuracy(truth, predicted, weights), abs=1e-6
+    )
+    for i in range(c):
+        name = f"c{i}"
+        if 0 < (labels == i).sum() < n:
+            official = isic.auc(truth[name], predicted[name], weights)
+            assert ours["auroc"][name] == pytest.approx(official, abs=1e-6), name
+        else:
+            assert math.isnan(ours["auroc"][name])

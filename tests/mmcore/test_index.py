@@ -357,3 +357,18 @@ def test_http_index_shares_one_library(library, chroma_server):
     writer.drop(version)
     with pytest.raises(IndexNotBuiltError):
         CaseIndex("unused-c", settings).query(version, image=vectors[42])
+
+
+def test_hits_carry_their_percentile_among_the_librarys_own_neighbours(library):
+    from mmcore.index import neighbour_similarities
+
+    with CaseIndex(library["home"] / "pct-index") as index, CaseStore(library["home"]) as store:
+        index.build("v1", store)
+        own = index.search("v1", library["image"][3], k=1)[0]  # a library case finds itself at cosine 1
+        far = index.search("v1", -library["image"][3], k=1)[0]  # the opposite direction: nothing is near it
+    assert own.case_id == library["cases"][3].case_id and own.percentile == 100.0
+    reference = neighbour_similarities(library["image"])
+    assert far.percentile == pytest.approx(100 * np.searchsorted(reference, far.score, side="right") / len(reference))
+    assert far.percentile < own.percentile and len(reference) == 8 * min(1000, N)
+    # what the raw cosine hides: in this library, a cosine of 0.2 is about as far as neighbours ever get
+    assert 100 * np.searchsorted(reference, 0.2) / len(reference) < 5
