@@ -122,3 +122,11 @@ def test_no_module_is_over_600_lines():
         if (n := len(p.read_text().splitlines())) > MAX_LINES and _module_name(p) not in DATA_TABLES
     }
     assert long == {}
+
+
+def test_every_module_has_its_test_file():
+    """Tests mirror the tree: tests/mmcore/test_<module>.py for each module, one file per sub-package."""
+    tested = {p.stem.removeprefix("test_") for p in (ROOT / "tests" / "mmcore").glob("test_*.py")}
+    names = {p.stem for p in (ROOT / "mmcore").glob("*.py") if p.stem not in ("__init__", "__main__")}
+    names |= {p.name for p in (ROOT / "mmcore").iterdir() if (p / "__init__.py").is_file() and p.name != "configs"}
+    assert sorted(names - tested) == []

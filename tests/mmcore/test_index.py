@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmcore.case_filters import METADATA_FIELDS, CaseFilter, FilterError, build_where
+from mmcore.case_filters import METADATA_FIELDS, CaseFilter
 from mmcore.cases import DX_CLASSES, Case, CaseStore
 from mmcore.commands import main
 from mmcore.config import Config, IndexConfig
@@ -312,19 +312,6 @@ def test_names_metadata_and_filters():
     case = Case(case_id="a", source="s", dx="mel", age=None, sex=None, fitzpatrick=None, domain="")
     assert case_metadata(case) == {"case_id": "a", "dx": "mel", "malignancy": "malignant", "site": "unknown",
                                    "source": "s"}  # fmt: skip
-    assert build_where({"dx": "mel", "age": {"$gte": 40}}) == {"$and": [{"dx": {"$eq": "mel"}},
-                                                                        {"age": {"$gte": 40.0}}]}  # fmt: skip
-    assert build_where({"fitzpatrick": [2, 1.0]}) == {"fitzpatrick": {"$in": [1, 2]}}
-    assert build_where({"sex": None}) is None
-    for bad, message in [
-        ({"colour": "red"}, "cannot filter by 'colour'"),
-        ({"dx": {"$gte": "mel"}}, "'$gte' is not one of $eq, $in"),
-        ({"dx": []}, "non-empty list"),
-        ({"age": "old"}, "not a number"),
-        ({"fitzpatrick": 2.5}, "not a whole number"),
-    ]:
-        with pytest.raises(FilterError, match=message.replace("$", r"\$")):
-            build_where(bad)
 
 
 def test_typed_filters_give_the_same_where_as_the_dict_and_the_right_ids(library):
