@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sqlite3
 import threading
 from collections import Counter
@@ -61,7 +62,12 @@ DOMAINS = ("dermoscopy", "clinical", "atlas")
 
 
 class CaseError(ValueError):
-    """A field value does not fit the schema; the message names the field and the value."""
+    """A field value does not fit the schema; the message names the field and the rule, never the value (it is data,
+    and may be a patient's)."""
+
+
+# A case id is drawn on pages and written in logs: letters, digits, space and . _ - + / : only (no markdown, no HTML).
+CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+/:-]{0,199}$")
 
 
 @dataclass
@@ -106,9 +112,9 @@ def normalise_age(value: Any) -> float | None:
     try:
         age = float(value)
     except (TypeError, ValueError):
-        raise CaseError(f"age {value!r} is not a number") from None
+        raise CaseError("age is not a number") from None
     if not 0 <= age <= 120:
-        raise CaseError(f"age {value!r} is impossible (must be 0-120)")
+        raise CaseError("age is impossible (must be 0-120)")
     return age
 
 
@@ -122,7 +128,7 @@ def normalise_sex(value: Any) -> str | None:
         return "female"
     if v in ("unknown", "unk", "nan", "none", "other", "u", "not_specified", "none_selected"):
         return None
-    raise CaseError(f"sex {value!r} is not male, female or unknown")
+    raise CaseError("sex is not male, female or unknown")
 
 
 def normalise_fitzpatrick(value: Any) -> int | None:
@@ -137,52 +143,27 @@ def normalise_fitzpatrick(value: Any) -> int | None:
     except ValueError:
         if v in ("UNKNOWN", "UNK", "NAN", "NONE", "-1", "NONE_IDENTIFIED", "NONE_SELECTED"):
             return None
-        raise CaseError(f"Fitzpatrick type {value!r} is not 1-6 or I-VI") from None
+        raise CaseError("Fitzpatrick type is not 1-6 or I-VI") from None
     if n == -1:  # Fitzpatrick17k writes -1 for unknown
         return None
     if n != int(n) or not 1 <= n <= 6:
-        raise CaseError(f"Fitzpatrick type {value!r} is not 1-6")
+        raise CaseError("Fitzpatrick type is not 1-6")
     return int(n)
 
 
 # Sites as datasets write them -> ISIC anatom_site_general. One visible table.
 SITE_MAP = {
     **{s: s for s in SITES},
-    "head": "head/neck",
-    "neck": "head/neck",
-    "face": "head/neck",
-    "scalp": "head/neck",
-    "ear": "head/neck",
-    "nose": "head/neck",
-    "lip": "head/neck",
-    "forehead": "head/neck",
-    "head neck": "head/neck",
-    "head and neck": "head/neck",
-    "chest": "anterior torso",
-    "abdomen": "anterior torso",
-    "anterior torso": "anterior torso",
-    "back": "posterior torso",
-    "posterior torso": "posterior torso",
+    **dict.fromkeys(
+        ("head", "neck", "face", "scalp", "ear", "nose", "lip", "forehead", "head neck", "head and neck"), "head/neck"
+    ),
+    **dict.fromkeys(("chest", "abdomen", "anterior torso"), "anterior torso"),
+    **dict.fromkeys(("back", "posterior torso", "buttocks"), "posterior torso"),
     "trunk": "torso",
-    "buttocks": "posterior torso",
-    "arm": "upper extremity",
-    "forearm": "upper extremity",
-    "hand": "upper extremity",
-    "upper limbs": "upper extremity",
-    "upper extremity": "upper extremity",
-    "thigh": "lower extremity",
-    "leg": "lower extremity",
-    "foot": "lower extremity",
-    "lower limbs": "lower extremity",
-    "lower extremity": "lower extremity",
-    "acral": "palms/soles",
-    "palms soles": "palms/soles",
-    "palm": "palms/soles",
-    "sole": "palms/soles",
-    "genital": "oral/genital",
-    "genitalia": "oral/genital",
-    "oral genital": "oral/genital",
-    "mouth": "oral/genital",
+    **dict.fromkeys(("arm", "forearm", "hand", "upper limbs", "upper extremity"), "upper extremity"),
+    **dict.fromkeys(("thigh", "leg", "foot", "lower limbs", "lower extremity"), "lower extremity"),
+    **dict.fromkeys(("acral", "palms soles", "palm", "sole"), "palms/soles"),
+    **dict.fromkeys(("genital", "genitalia", "oral genital", "mouth"), "oral/genital"),
 }
 
 
@@ -204,20 +185,22 @@ def validate_case(case: Case) -> None:
     """Raise CaseError when a field is outside its vocabulary."""
     if not case.case_id:
         raise CaseError("case_id is empty")
+    if not CASE_ID.match(case.case_id):
+        raise CaseError("case_id may hold only letters, digits, space and . _ - + / : (at most 200)")
     if case.dx not in DX_CODES:
-        raise CaseError(f"diagnosis {case.dx!r} is not one of {', '.join(DX_CODES)}")
+        raise CaseError(f"diagnosis is not one of {', '.join(DX_CODES)}")
     if case.malignancy not in ("benign", "malignant", "indeterminate"):
-        raise CaseError(f"malignancy {case.malignancy!r} is not benign, malignant or indeterminate")
+        raise CaseError("malignancy is not benign, malignant or indeterminate")
     if case.sex is not None and case.sex not in SEXES:
-        raise CaseError(f"sex {case.sex!r} is not male, female or unknown")
+        raise CaseError("sex is not male, female or unknown")
     if case.site not in SITES:
-        raise CaseError(f"site {case.site!r} is not an ISIC anatom_site_general value")
+        raise CaseError("site is not an ISIC anatom_site_general value")
     if case.fitzpatrick is not None and case.fitzpatrick not in range(1, 7):
-        raise CaseError(f"Fitzpatrick type {case.fitzpatrick!r} is not 1-6")
+        raise CaseError("Fitzpatrick type is not 1-6")
     if case.age is not None and not 0 <= case.age <= 120:
-        raise CaseError(f"age {case.age!r} is impossible")
+        raise CaseError("age is impossible (must be 0-120)")
     if case.split and case.split not in SPLITS:
-        raise CaseError(f"split {case.split!r} is not one of {', '.join(SPLITS)}")
+        raise CaseError(f"split is not one of {', '.join(SPLITS)}")
 
 
 # ---- the store ----
@@ -280,20 +263,37 @@ class CaseStore:
     def __init__(self, home: str | Path) -> None:
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.home / "cases.sqlite", isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=30000")
+        self._local = threading.local()  # this thread's connection and transaction depth
+        self._open: dict[int, tuple[threading.Thread, sqlite3.Connection]] = {}
+        self._open_lock = threading.Lock()
         self._db.executescript(_SCHEMA)
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(embeddings)")}
         if "input_sha256" not in columns:  # stores made before embeddings recorded what they embedded
             self._db.execute("ALTER TABLE embeddings ADD COLUMN input_sha256 TEXT NOT NULL DEFAULT ''")
-        self._depth = 0
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection: one shared connection let a thread read another's uncommitted rows."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.home / "cases.sqlite", isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=30000"):
+                db.execute(f"PRAGMA {pragma}")
+            with self._open_lock:  # close what threads that have ended left open, then remember this one
+                for ident, (thread, old) in list(self._open.items()):
+                    if not thread.is_alive():
+                        old.close()
+                        del self._open[ident]
+                self._open[threading.get_ident()] = (threading.current_thread(), db)
+            self._local.db = db
+        return db
 
     def close(self) -> None:
-        self._db.close()
+        with self._open_lock:
+            for _, db in self._open.values():
+                db.close()
+            self._open.clear()
 
     def __enter__(self) -> CaseStore:
         return self
@@ -304,21 +304,20 @@ class CaseStore:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """All or nothing: an exception inside rolls back every row written since it began."""
-        with self._lock:
-            outer = self._depth == 0
-            if outer:
-                self._db.execute("BEGIN IMMEDIATE")
-            self._depth += 1
-            try:
-                yield
-            except BaseException:
-                self._depth -= 1
-                if outer:
-                    self._db.execute("ROLLBACK")
-                raise
-            self._depth -= 1
-            if outer:
-                self._db.execute("COMMIT")
+        db, depth = self._db, getattr(self._local, "depth", 0)
+        if depth == 0:
+            db.execute("BEGIN IMMEDIATE")
+        self._local.depth = depth + 1
+        try:
+            yield
+        except BaseException:
+            self._local.depth = depth
+            if depth == 0:
+                db.execute("ROLLBACK")
+            raise
+        self._local.depth = depth
+        if depth == 0:
+            db.execute("COMMIT")
 
     # -- files --
 

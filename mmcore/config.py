@@ -85,6 +85,9 @@ class DataConfig:
 class IntakeConfig:
     max_bytes: int = 25_000_000
     max_pixels: int = 50_000_000  # decompression-bomb cap; a 100-megapixel PNG is refused
+    upload_max_pixels: int = 25_000_000  # uploads (Diagnose, check-image): peak RSS <= 300 MB (intake_memory.md)
+    max_csv_bytes: int = 100_000_000  # an import's metadata CSV is read whole: refuse larger ones
+    import_roots: tuple[str, ...] = ()  # MMDERM_IMPORT_ROOTS: where import jobs may read (empty: <home>/imports)
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,11 @@ _SECTION_TYPES: dict[str, type] = {
     "runtime": RuntimeConfig,
 }
 # Environment variables with a name of their own; the rest are MMDERM_<SECTION>__<KEY>.
-_ENV_ALIASES = {"MMDERM_CHROMA_URL": "index.chroma_url", "MMDERM_DEVICE": "runtime.device"}
+_ENV_ALIASES = {
+    "MMDERM_CHROMA_URL": "index.chroma_url",
+    "MMDERM_DEVICE": "runtime.device",
+    "MMDERM_IMPORT_ROOTS": "intake.import_roots",
+}
 
 
 # Ranges every value must lie in, whoever sets it (preset, environment, --set, the Admin form): (low, high), both
@@ -204,6 +211,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.synth_n": (1, 1_000_000),
     "intake.max_bytes": (1, None),
     "intake.max_pixels": (1, None),
+    "intake.upload_max_pixels": (1, None),
+    "intake.max_csv_bytes": (1, None),
     "index.ef_construction": (1, None),
     "index.ef_search": (1, None),
     "index.max_neighbors": (2, None),

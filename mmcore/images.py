@@ -1,19 +1,23 @@
 """Safe intake of untrusted image bytes: size cap, sniffed format, bomb check, EXIF orientation, pixels-only RGB.
 
 Every image that enters mmderm (upload, importer, SynthDerm) passes through `load_image`. What comes out is a new
-RGB image rebuilt from pixels, so no EXIF, GPS, XMP, ICC or comment of the original survives.
+RGB image rebuilt from pixels, so no EXIF, GPS, XMP, ICC or comment of the original survives. Memory is bounded: the
+pixel cap is checked before anything is decoded, no step keeps more than one extra copy of the picture, and at most
+`MAX_CONCURRENT_DECODES` decodes run at once in a process (bench/results/intake_memory.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 try:  # HEIC (iPhone photos); pillow-heif registers an opener with Pillow
     import pillow_heif
@@ -25,8 +29,29 @@ except ImportError:  # pragma: no cover - pillow-heif is in requirements.txt
 
 ACCEPTED = ("jpeg", "png", "heic")
 DEFAULT_MAX_BYTES = 25_000_000
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_PIXELS = 50_000_000  # the importer's cap (config intake.max_pixels)
+# Uploads get a lower cap (config intake.upload_max_pixels): 25 megapixels holds a 24-megapixel phone photo, and the
+# worst accepted upload (a progressive CMYK JPEG at the cap) stays under 300 MB of peak RSS in `check-image`.
+DEFAULT_UPLOAD_MAX_PIXELS = 25_000_000
+MAX_CONCURRENT_DECODES = 2  # each decode may hold ~8 bytes per pixel for a moment; the rest wait their turn
+DECODE_WAIT_S = 60.0
+_DECODE_SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
+_BYTES_PER_PIXEL = 8  # what a decode may hold per pixel of the cap: the picture and one converted copy
+_STRIP_PIXELS = 1 << 18  # hashing and 16-bit rescaling work a strip of a quarter megapixel at a time
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+# PNG text chunks are metadata we drop anyway; Pillow would otherwise inflate up to 64 MB of them.
+PngImagePlugin.MAX_TEXT_MEMORY = min(PngImagePlugin.MAX_TEXT_MEMORY, 4 * PngImagePlugin.MAX_TEXT_CHUNK)
+# EXIF orientation -> the transpose that makes the picture upright (as PIL.ImageOps.exif_transpose maps them).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_log = logging.getLogger(__name__)
 
 
 class ImageRejected(ValueError):
@@ -53,11 +78,16 @@ class DecompressionBomb(ImageRejected):
     pass
 
 
+class IntakeBusy(ImageRejected):
+    """Every decode slot stayed taken for DECODE_WAIT_S; the upload may be tried again."""
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     image: Image.Image  # RGB, upright, pixels only
     format: str  # jpeg | png | heic, as sniffed from the bytes
     sha256: str  # of the decoded pixels: the same picture gives the same id whatever its metadata
+    warnings: tuple[str, ...] = ()  # what the intake could not honour, e.g. an unreadable EXIF orientation
 
     @property
     def size(self) -> tuple[int, int]:
@@ -84,20 +114,26 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def pixel_sha256(image: Image.Image) -> str:
-    """SHA-256 of the RGB pixels and size: the content address of an image in the case store."""
+    """SHA-256 of the RGB pixels and size: the content address of an image in the case store.
+
+    Hashed a strip at a time: the same digest as hashing `image.tobytes()`, without a full copy of the pixels.
+    """
     h = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
-    h.update(image.tobytes())
+    rows = max(1, _STRIP_PIXELS // max(1, image.width))
+    for top in range(0, image.height, rows):
+        h.update(image.crop((0, top, image.width, min(image.height, top + rows))).tobytes())
     return h.hexdigest()
 
 
 def load_image(
     data: bytes,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = DEFAULT_UPLOAD_MAX_PIXELS,
     min_side: int | None = None,
 ) -> DecodedImage:
-    """Decode untrusted bytes into a clean upright RGB image, or raise an ImageRejected subclass.
+    """Decode untrusted bytes into a clean upright RGB image, or raise an ImageRejected subclass (nothing else).
 
+    max_pixels: uploads keep the default (intake.upload_max_pixels); the importer passes its own, higher cap.
     min_side: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (in the DCT, several times faster) as long as both
     sides stay at least this long. The Predictor asks for it; the case store never does, so stored images and
     their hashes are always full size. The hash is of the pixels decoded.
@@ -112,7 +148,24 @@ def load_image(
         raise UnsupportedFormat(f"This is {found}; please upload a JPEG, PNG or HEIC photo.")
     if fmt == "heic" and not HEIC_SUPPORTED:  # pragma: no cover
         raise UnsupportedFormat("HEIC support (pillow-heif) is not installed; please upload a JPEG or PNG.")
+    if not _DECODE_SLOTS.acquire(timeout=DECODE_WAIT_S):
+        raise IntakeBusy("The server is busy reading other photos; please try again in a minute.")
+    try:
+        img = _decode(data, fmt, max_pixels, min_side)
+        try:
+            upright, notes = _upright(img)
+            clean = _pixels_only(_to_rgb(upright))
+            return DecodedImage(image=clean, format=fmt, sha256=pixel_sha256(clean), warnings=notes)
+        except (ImageRejected, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever a hostile file makes a plugin raise is a damaged file
+            raise CorruptImage(f"The {fmt.upper()} file is damaged and cannot be read ({type(e).__name__}).") from None
+    finally:
+        _DECODE_SLOTS.release()
 
+
+def _decode(data: bytes, fmt: str, max_pixels: int, min_side: int | None) -> Image.Image:
+    """Open, check the declared size against the cap (header only), then decode; ImageRejected for anything else."""
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; we refuse at our own cap either way.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -124,10 +177,19 @@ def load_image(
                     f"The image declares {w} x {h} pixels ({w * h / 1e6:.0f} megapixels); the limit is "
                     f"{max_pixels / 1e6:.0f} megapixels."
                 )
+            if w < 1 or h < 1:
+                raise CorruptImage(f"The {fmt.upper()} file declares no pixels ({w} x {h}).")
+            if fmt == "jpeg" and _progressive_jpeg_bytes(img) > _BYTES_PER_PIXEL * max_pixels:
+                cap = _BYTES_PER_PIXEL * max_pixels * w * h // _progressive_jpeg_bytes(img)
+                raise DecompressionBomb(
+                    f"This progressive JPEG has {w * h / 1e6:.0f} megapixels; its decoder holds every coefficient, so "
+                    f"the limit for it is {cap / 1e6:.0f} megapixels. Please save it smaller or as a baseline JPEG."
+                )
             if min_side and fmt == "jpeg":
                 img.draft("RGB", (min_side, min_side))  # Pillow keeps both sides >= the size asked for
             img.load()
-        except ImageRejected:
+            return img
+        except (ImageRejected, MemoryError):
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             # Pillow refuses in Image.open past its own limit, before we see the size; its message has the count.
@@ -137,26 +199,98 @@ def load_image(
                 f"The image declares {declared}; the limit is {max_pixels / 1e6:.0f} megapixels."
             ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
-            raise CorruptImage(f"The {fmt.upper()} file is damaged or incomplete and cannot be read ({e}).") from None
+            raise CorruptImage(
+                f"The {fmt.upper()} file is damaged or incomplete and cannot be read ({_one_line(e)})."
+            ) from None
+        except Exception as e:  # noqa: BLE001 - TypeError, struct.error, IndexError ... from a hostile header
+            raise CorruptImage(f"The {fmt.upper()} file is damaged and cannot be read ({type(e).__name__}).") from None
 
-    img = ImageOps.exif_transpose(img)  # store upright, as the camera meant it
-    rgb = _to_rgb(img)
-    clean = Image.frombytes("RGB", rgb.size, rgb.tobytes())  # pixels only: no EXIF, GPS, XMP, ICC, comment
-    return DecodedImage(image=clean, format=fmt, sha256=pixel_sha256(clean))
+
+def _one_line(e: Exception, limit: int = 160) -> str:
+    """A decoder's message as one short line (libheif's span several)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _progressive_jpeg_bytes(img: Image.Image) -> int:
+    """What decoding a progressive JPEG holds at its peak: the picture (4 bytes a pixel) and, until the last scan,
+    every DCT coefficient (2 bytes a pixel per full-resolution component: 3 for 4:4:4, 1.5 for 4:2:0, 4 for CMYK).
+    0 for a baseline JPEG, which decodes a row of blocks at a time."""
+    layers = getattr(img, "layer", None) or []
+    if not img.info.get("progressive") or not layers:
+        return 0
+    h_max, v_max = max(h for _, h, _, _ in layers), max(v for _, _, v, _ in layers)
+    components = sum(h * v for _, h, v, _ in layers) / max(1, h_max * v_max)
+    return int(img.width * img.height * (4 + 2 * components))
+
+
+def _upright(img: Image.Image) -> tuple[Image.Image, tuple[str, ...]]:
+    """The picture as the camera meant it (EXIF orientation); an unreadable orientation is skipped with a warning.
+
+    Reads the one tag we need instead of calling ImageOps.exif_transpose, which also rewrites the EXIF and XMP we
+    drop anyway, copies the picture when nothing turns, and raised TypeError or struct.error on corrupt EXIF.
+    """
+    try:
+        orientation = int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - corrupt EXIF: the pixels are still good
+        _log.warning("an image's EXIF orientation could not be read; kept as stored")
+        return img, ("The photo's orientation tag could not be read; it is used as stored, without turning it.",)
+    method = _UPRIGHT.get(orientation)
+    if method is None:
+        return img, ()
+    turned = img.transpose(method)
+    img.close()  # frees the decoded copy: one picture in memory, not two
+    return turned, ()
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """RGB from any mode: 16-bit and 32-bit greyscale rescaled, transparency flattened on white."""
+    """RGB from any mode: 16-bit and 32-bit greyscale rescaled, transparency flattened on white. Closes `img` when
+    it makes a new picture, so at most the source and its conversion are in memory at once."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        arr8 = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8, mode="L").convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+        grey = _rescale_to_8bit(img)
+        img.close()
+        rgb = grey.convert("RGB")
+    elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        source = img if img.mode in ("RGBA", "LA") else img.convert("RGBA")
+        if source is not img:
+            img.close()  # the palette picture is not needed once expanded
+        rgb = Image.new("RGB", source.size, (255, 255, 255))
+        rgb.paste(source, (0, 0), source)  # alpha over white; the same pixels as Image.alpha_composite
+        source.close()
+    elif img.mode == "RGB":
+        return img
+    else:
+        rgb = img.convert("RGB")
+    img.close()
+    return rgb
+
+
+def _rescale_to_8bit(img: Image.Image) -> Image.Image:
+    """An 8-bit greyscale copy of a 16- or 32-bit one, a strip at a time: 16-bit is scaled from 0-65535, 32-bit from
+    0-65535 when it goes past 255, else kept (a float64 copy of the whole picture cost 8 bytes per pixel)."""
+    w, h = img.size
+    if img.mode.startswith("I;16"):
+        top = 65535.0
+    else:
+        high = img.getextrema()[1]
+        top = 65535.0 if float(high) > 255 else 255.0
+    out = np.empty((h, w), dtype=np.uint8)
+    rows = max(1, _STRIP_PIXELS // w)
+    for y in range(0, h, rows):
+        strip = np.asarray(img.crop((0, y, w, min(h, y + rows))), dtype=np.float32)
+        out[y : y + rows] = np.clip(strip * np.float32(255.0 / top) + np.float32(0.5), 0, 255).astype(np.uint8)
+    return Image.fromarray(out)
+
+
+def _pixels_only(img: Image.Image) -> Image.Image:
+    """A plain Image on the same pixel buffer with nothing else: no file, plugin state, info, EXIF, ICC or comment.
+
+    `_new` is how Pillow itself wraps a derived picture; it shares the buffer, where frombytes(tobytes()) made two
+    full copies of it.
+    """
+    clean = img._new(img.im)
+    clean.info = {}
+    return clean
 
 
 def encode_image(image: Image.Image, fmt: str) -> bytes:

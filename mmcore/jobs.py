@@ -26,6 +26,7 @@ from mmcore.audit import ACTING_USER_ENV, AuditLog
 from mmcore.config import Config, ConfigError, load_config
 
 KINDS = ("import", "synth", "notes", "train", "eval", "index")
+REJECTIONS_FILE = "rejections.json"  # an import job's detail, beside its log, mode 0600
 ACTIVE = ("queued", "launching", "running", "cancelling")
 
 _SCHEMA = """
@@ -147,6 +148,15 @@ class JobManager:
             f.seek(max(0, f.tell() - 64_000))
             text = f.read().decode(errors="replace")
         return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+    def import_report(self, job_id: int) -> dict[str, Any] | None:
+        """An import job's detail (every rejected row with its reason), from the owner-only rejections file in the
+        job's folder; None until the job wrote it. For admins: the job's log holds only counts and row numbers."""
+        path = self.get(job_id).dir / REJECTIONS_FILE
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
 
     def metrics(self, job_id: int) -> list[dict[str, Any]]:
         """The run's metrics, one dict per JSON line (a half-written last line is skipped)."""
@@ -322,6 +332,9 @@ class JobManager:
         args = list(job.args)
         if job.kind == "train" and "--run-dir" not in args:
             args += ["--run-dir", str(job.run_dir)]
+        if job.kind == "import":  # an app user's import reads only under the import roots; its detail stays here
+            args = _strip_option(args, "--rejections") + ["--rejections", str(job.dir / REJECTIONS_FILE)]
+            args += [] if "--confine" in args else ["--confine"]
         gpus = _job_config(job.args).jobs.gpus if job.kind == "train" else 0  # the job's own validated config
         if gpus > 1:
             return [
@@ -417,15 +430,29 @@ def train_job(preset: str, overrides: Mapping[str, Any] | None = None) -> JobSpe
     return JobSpec("train", tuple(args))
 
 
-def import_job(fmt: str, metadata: str, images: str, columns: str = "", source: str = "") -> JobSpec:
-    """A dataset import job (paths on the server)."""
-    from mmcore.importers import READERS
+def import_job(
+    fmt: str, metadata: str, images: str, columns: str = "", source: str = "", dry_run: bool = False
+) -> JobSpec:
+    """A dataset import job, or with dry_run its preview (reads the CSV, checks the image files, stores nothing).
+
+    Paths are on the server and must lie under the import roots (symlinks followed): refused here, before anything
+    runs, and checked again by the job itself when it reads.
+    """
+    from mmcore.importers import READERS, ImportFailed, confine, import_roots
 
     if fmt not in READERS:
         raise JobError(f"unknown import format {fmt!r}; choose one of {', '.join(READERS.names())}")
     if not metadata.strip() or not images.strip():
         raise JobError("an import needs both the metadata CSV and the images folder")
-    args = ["--format", fmt, "--metadata", metadata.strip(), "--images", images.strip(), "--json"]
+    roots = import_roots(load_config())
+    try:
+        metadata = str(confine(metadata.strip(), roots, "metadata CSV"))
+        images = str(confine(images.strip(), roots, "images folder"))
+    except ImportFailed as e:
+        raise JobError(str(e)) from None
+    args = ["--format", fmt, "--metadata", metadata, "--images", images, "--json"]
+    if dry_run:
+        args.append("--dry-run")
     if source.strip():
         args += ["--source", source.strip()]
     if columns.strip():

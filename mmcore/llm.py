@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +18,7 @@ from mmcore.findings import ASYMMETRY, BORDERS, COLOURS, DX_HIERARCHY, STRUCTURE
 
 Message = dict[str, str]
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MAX_RESPONSE_BYTES = 1_000_000  # a chat answer of max_tokens is a few kB; more is a misconfigured or hostile server
 
 _SYSTEM = (
     "You write short notes about skin lesions for a research dataset; they are never used for diagnosis. "
@@ -105,6 +107,26 @@ def build_prompt(strategy: str, case: Case) -> list[Message]:
     return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": task}]
 
 
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only within the endpoint's scheme, host and port: urllib would send the Authorization
+    header, the API key, on to wherever the endpoint points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        target = urllib.parse.urljoin(req.full_url, newurl)
+        if _origin(target) != _origin(req.full_url):
+            fp.close()
+            raise LLMError(
+                f"LLM endpoint {req.full_url} redirected to {_origin(target)[1] or target}, another host: not "
+                "followed (it would carry the API key there)"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 class HTTPChatBackend:
     """An OpenAI-compatible endpoint: POST {url}/chat/completions (or the url as given when it ends so)."""
 
@@ -124,6 +146,7 @@ class HTTPChatBackend:
         self.endpoint = base if base.endswith("/chat/completions") else f"{base}/chat/completions"
         self.model, self.api_key, self.timeout = model, api_key, timeout
         self.retries, self.backoff, self.max_tokens = retries, backoff, max_tokens
+        self._opener = urllib.request.build_opener(_SameOriginRedirects())
 
     def complete(self, messages: list[Message], seed: int = 0) -> str:
         body = {
@@ -142,11 +165,14 @@ class HTTPChatBackend:
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    payload = json.loads(response.read())
+                with self._opener.open(request, timeout=self.timeout) as response:
+                    raw = response.read(MAX_RESPONSE_BYTES + 1)
+                if len(raw) > MAX_RESPONSE_BYTES:
+                    raise LLMError(f"LLM endpoint {self.endpoint} answered more than {MAX_RESPONSE_BYTES:,} bytes")
+                payload = json.loads(raw)
                 break
             except urllib.error.HTTPError as e:
-                detail = e.read()[:200].decode(errors="replace").replace("\n", " ")
+                detail = e.read(200).decode(errors="replace").replace("\n", " ")
                 if e.code not in _RETRY_STATUS:
                     raise LLMError(f"LLM endpoint {self.endpoint} answered HTTP {e.code}: {detail}") from None
                 reason = f"HTTP {e.code}"

@@ -7,6 +7,14 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def audit_key():
+    """A fixed audit key for the whole session: tests never create or read the user's ~/.config/mmderm/audit.key."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MMDERM_AUDIT_KEY", "mmderm-tests-audit-key-not-a-secret")
+        yield
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh, empty data home; MMDERM_HOME points at it for code that reads the environment."""

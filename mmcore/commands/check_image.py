@@ -1,4 +1,5 @@
-"""`check-image FILE`: run the upload intake on one file; exit 0 accepted, 2 rejected (with the reason)."""
+"""`check-image FILE`: run the upload intake on one file (the upload pixel cap, a full-size decode); exit 0 accepted,
+2 rejected (with the reason)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if not path.is_file():
         raise CliError(f"{path}: no such file")
     try:
-        decoded = load_image(path.read_bytes(), cfg.intake.max_bytes, cfg.intake.max_pixels)
+        decoded = load_image(path.read_bytes(), cfg.intake.max_bytes, cfg.intake.upload_max_pixels)
     except ImageRejected as e:
         emit(args, {"file": str(path), "accepted": False, "reason": str(e)}, f"rejected: {e}")
         return 2
@@ -32,5 +33,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         "height": h,
         "sha256": decoded.sha256,
     }
-    emit(args, payload, f"accepted: {decoded.format.upper()} {w} x {h}, sha256 {decoded.sha256[:16]}")
+    if decoded.warnings:  # e.g. an unreadable EXIF orientation: accepted, used as stored
+        payload["warnings"] = list(decoded.warnings)
+    text = f"accepted: {decoded.format.upper()} {w} x {h}, sha256 {decoded.sha256[:16]}"
+    emit(args, payload, "\n".join([text, *(f"warning: {note}" for note in decoded.warnings)]))
     return 0

@@ -1,5 +1,8 @@
 """Dataset importers: one module per format, each a `read_<format>` generator of candidates and rejections registered
 by format name, and `import_dataset`, which decodes every image through the intake and stores the cases all or nothing.
+
+Given import roots (what an import job gets), every file an import reads (the CSV, its companions, the images) must
+resolve, symlinks followed, under one of them; images must also stay inside the images folder.
 """
 
 from __future__ import annotations
@@ -15,9 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from mmcore.cases import CaseError, CaseStore, validate_case
-from mmcore.config import DataConfig
+from mmcore.config import Config, DataConfig, resolve_path
 from mmcore.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected, load_image
-from mmcore.importers._common import READERS, Candidate, ImportFailed, Notice, Rejection
+from mmcore.importers._common import (
+    DEFAULT_MAX_CSV_BYTES,
+    READERS,
+    Candidate,
+    ImportFailed,
+    Notice,
+    Rejection,
+    confine,
+    read_image_file,
+    reading_limits,
+)
 from mmcore.importers.derm7pt import read_derm7pt
 from mmcore.importers.fitzpatrick17k import read_fitzpatrick17k
 from mmcore.importers.folder import read_folder
@@ -33,7 +46,10 @@ __all__ = [
     "ImportResult",
     "Notice",
     "Rejection",
+    "confine",
     "import_dataset",
+    "import_roots",
+    "preview_import",
     "read_derm7pt",
     "read_fitzpatrick17k",
     "read_folder",
@@ -57,18 +73,30 @@ class ImportResult:
     source: str = ""
     splits: dict[str, int] = field(default_factory=dict)  # the source's cases by split, after the import
 
-    def to_json(self) -> dict[str, Any]:
-        """What `python -m mmcore import --json` prints."""
+    def to_json(self, detail: bool = True) -> dict[str, Any]:
+        """The result as JSON: with every reason (the admins' rejections file), or with only the file name and row
+        of each rejected row (what `python -m mmcore import --json` prints into a job's log)."""
         return {
             "imported": self.imported,
             "updated": self.updated,
             "skipped_duplicates": self.skipped_duplicates,
-            "rejected": [dataclasses.asdict(r) for r in self.rejected],
-            "duplicates": [dataclasses.asdict(r) for r in self.duplicates],
+            "rejected": [_row(r, detail) for r in self.rejected],
+            "duplicates": [_row(r, detail) for r in self.duplicates],
             "warnings": self.warnings,
             "source": self.source,
             "splits": self.splits,
         }
+
+
+def _row(r: Rejection, detail: bool) -> dict[str, Any]:
+    return dataclasses.asdict(r) if detail else {"file": Path(r.file).name, "row": r.row}
+
+
+def import_roots(cfg: Config) -> list[Path]:
+    """Where import jobs may read: intake.import_roots (MMDERM_IMPORT_ROOTS, comma-separated; relative to the data
+    home), else <home>/imports."""
+    roots = cfg.intake.import_roots or ("imports",)
+    return [resolve_path(r, base=cfg.home) for r in roots]
 
 
 def import_dataset(
@@ -80,6 +108,8 @@ def import_dataset(
     source: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_csv_bytes: int = DEFAULT_MAX_CSV_BYTES,
+    roots: Sequence[Path] | None = None,
     split_fractions: Sequence[float] = DataConfig.split_fractions,
     progress: Callable[[int, int], None] | None = None,
     **opts: Any,
@@ -87,7 +117,8 @@ def import_dataset(
     """Read a dataset, decode every image through the intake and upsert all its cases in one transaction.
 
     Case ids are "<source>:<the dataset's id>". Cases without an official split are split by lesion and patient
-    afterwards. ImportFailed when the input is unusable; any other error leaves the store as it was.
+    afterwards. A row whose image cannot be read or decoded, for whatever reason, is a rejected row; ImportFailed
+    when the input is unusable; an error of the store leaves it as it was. `roots`: see the module docstring.
     """
     if fmt not in READERS:
         raise ImportFailed(f"unknown format {fmt!r}; choose one of: {', '.join(READERS.names())}")
@@ -95,10 +126,12 @@ def import_dataset(
     if not _SOURCE.match(source):
         raise ImportFailed(f"source {source!r} must be letters, digits, '.', '_' or '-' (at most 64)")
     result = ImportResult(source=source)
-    candidates = _read_rows(fmt, metadata, images, result, **opts)  # the whole CSV first: fails before any image
+    with reading_limits(max_csv_bytes, roots):
+        metadata, images = _inputs(metadata, images, roots)
+        candidates = _read_rows(fmt, metadata, images, result, **opts)  # the whole CSV first: fails before any image
     written: set[str] = set()
     try:
-        staged = _stage(store, candidates, source, max_bytes, max_pixels, result, written, progress)
+        staged = _stage(store, candidates, source, Path(images), max_bytes, max_pixels, result, written, progress)
         with store.transaction():  # every row or none; resplit inside so splits never see half an import
             outcome = store.upsert(c.case for c in staged)
             if outcome.inserted or outcome.updated:
@@ -119,6 +152,13 @@ def import_dataset(
     result.rejected.sort(key=lambda r: (r.file, r.row))
     result.splits = _count_splits(store, source)
     return result
+
+
+def _inputs(metadata: str | Path, images: str | Path, roots: Sequence[Path] | None) -> tuple[Path, Path]:
+    """The metadata CSV and images folder, confined to the import roots (resolved) when there are roots."""
+    if roots is None:
+        return Path(metadata), Path(images).resolve()
+    return confine(metadata, roots, "metadata CSV"), confine(images, roots, "images folder")
 
 
 def _read_rows(
@@ -146,22 +186,33 @@ def _read_rows(
     return candidates
 
 
-def preview_import(fmt: str, metadata: str | Path, images: str | Path, **opts: Any) -> dict[str, Any]:
+def preview_import(
+    fmt: str,
+    metadata: str | Path,
+    images: str | Path,
+    *,
+    max_csv_bytes: int = DEFAULT_MAX_CSV_BYTES,
+    roots: Sequence[Path] | None = None,
+    **opts: Any,
+) -> dict[str, Any]:
     """What an import would do, storing nothing: rows read, importable candidates, and the rejected rows.
 
-    Reads the CSV and checks that each image file exists; images are decoded only by the real import.
+    Reads the CSV and checks that each image file exists inside the images folder; images are decoded only by the
+    real import. `roots` as for import_dataset.
     """
     if fmt not in READERS:
         raise ImportFailed(f"unknown format {fmt!r}; choose one of: {', '.join(READERS.names())}")
     result = ImportResult(source=fmt)
-    candidates = _read_rows(fmt, metadata, images, result, **{k: v for k, v in opts.items() if v is not None})
+    with reading_limits(max_csv_bytes, roots):
+        metadata, images = _inputs(metadata, images, roots)
+        candidates = _read_rows(fmt, metadata, images, result, **{k: v for k, v in opts.items() if v is not None})
     rows = len(candidates) + len(result.rejected)
     importable = []
     for c in candidates:
-        if c.image.is_file():
+        if _regular_file_inside(c.image, images):
             importable.append(c)
         else:
-            result.rejected.append(Rejection(c.file, c.row, f"image {c.image.name} not found"))
+            result.rejected.append(Rejection(c.file, c.row, f"{c.column}: image file not found"))
     result.rejected.sort(key=lambda r: (r.file, r.row))
     return {
         "rows": rows,
@@ -171,17 +222,30 @@ def preview_import(fmt: str, metadata: str | Path, images: str | Path, **opts: A
     }
 
 
+def _regular_file_inside(path: Path, folder: Path) -> bool:
+    try:
+        real = path.resolve(strict=True)
+        return real.is_relative_to(folder.resolve()) and real.is_file()
+    except (OSError, RuntimeError):
+        return False
+
+
 def _stage(
     store: CaseStore,
     candidates: list[Candidate],
     source: str,
+    images: Path,
     max_bytes: int,
     max_pixels: int,
     result: ImportResult,
     written: set[str],
     progress: Callable[[int, int], None] | None,
 ) -> list[Candidate]:
-    """Decode and store each candidate's image; the candidates whose image and fields passed, ids prefixed."""
+    """Decode and store each candidate's image; the candidates whose image and fields passed, ids prefixed.
+
+    Reading and decoding an image is the untrusted part: any exception there rejects that row and the import goes
+    on. Writing to the store is ours: an exception there ends the import (and the caller undoes it).
+    """
     staged = []
     for i, c in enumerate(candidates):
         if progress:
@@ -189,11 +253,14 @@ def _stage(
         case = dataclasses.replace(c.case, case_id=f"{source}:{c.case.case_id}", source=source)
         try:
             validate_case(case)
-            data = c.image.read_bytes()
-            decoded = load_image(data, max_bytes, max_pixels)
-        except (CaseError, ImageRejected, OSError) as e:
-            reason = str(e) if isinstance(e, CaseError) else f"image {c.image.name}: {_message(e)}"
-            result.rejected.append(Rejection(c.file, c.row, reason))
+            decoded = load_image(read_image_file(c.image, images, max_bytes), max_bytes, max_pixels)
+        except CaseError as e:
+            result.rejected.append(Rejection(c.file, c.row, str(e)))
+            continue
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - ImageRejected, OSError, or whatever a hostile file raised
+            result.rejected.append(Rejection(c.file, c.row, f"{c.column}: {_message(e)}"))
             continue
         sha, path = store.put_image(decoded)
         written.add(path)
@@ -204,9 +271,12 @@ def _stage(
 
 
 def _message(e: Exception) -> str:
+    """Why an image was refused, without its file name (the name is data)."""
+    if isinstance(e, ImageRejected):
+        return str(e)
     if isinstance(e, OSError):
-        return f"cannot be read ({e.strerror or e})"
-    return str(e)
+        return f"image file cannot be read ({e.strerror or type(e).__name__})"
+    return f"image file cannot be read ({type(e).__name__})"
 
 
 def _count_splits(store: CaseStore, source: str) -> dict[str, int]:

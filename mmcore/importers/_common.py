@@ -1,13 +1,21 @@
 """What every importer shares: candidates and rejections, the reader registry, reading a CSV with the row numbers a
-spreadsheet shows (header = row 1), finding image files safely, and the diagnosis names several formats share.
+spreadsheet shows (header = row 1), finding and reading image files safely, and the diagnosis names several formats
+share.
+
+A rejection's reason names the column and the rule it broke, never the cell's value: reasons reach the Admin page and
+the rejections file, and a cell may hold a patient's name (or, read from the wrong file, a secret).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -15,6 +23,12 @@ from mmcore.cases import DX_CODES, DX_NAMES, Case, CaseError
 from mmcore.registry import Registry
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".heic")
+DEFAULT_MAX_CSV_BYTES = 100_000_000
+# The cap on a metadata CSV for the import running in this context (import_dataset sets it from the config).
+MAX_CSV_BYTES: ContextVar[int] = ContextVar("max_csv_bytes", default=DEFAULT_MAX_CSV_BYTES)
+# The import roots every CSV read in this context must lie under (None: no confinement; a person at the shell).
+IMPORT_ROOTS: ContextVar[Sequence[Path] | None] = ContextVar("import_roots", default=None)
+_SHOWN_COLUMN = re.compile(r"^[a-z0-9 _.()/-]{1,40}$")  # a header name that looks like a column, not like data
 
 
 class ImportFailed(Exception):
@@ -39,12 +53,14 @@ class Notice:
 
 @dataclass
 class Candidate:
-    """A case read from one row, before its image is decoded; case.case_id is the dataset's own id for the image."""
+    """A case read from one row, before its image is decoded; case.case_id is the dataset's own id for the image.
+    `column` is the CSV column that named the image (what a rejection of the image names)."""
 
     case: Case
     image: Path
     file: str
     row: int
+    column: str = "image"
 
 
 Reader = Callable[..., Iterator[Candidate | Rejection | Notice]]
@@ -96,21 +112,21 @@ def label_key(value: str) -> str:
 
 
 def map_label(table: dict[str, str], value: str, what: str = "diagnosis") -> str:
-    """Our code for a dataset's label, or CaseError naming the label."""
+    """Our code for a dataset's label, or CaseError naming the column (never the label: it is data)."""
     if not value.strip():
         raise CaseError(f"{what} is empty")
     try:
         return table[label_key(value)]
     except KeyError:
-        raise CaseError(f"unknown {what} {value.strip()!r}") from None
+        raise CaseError(f"unknown {what}: not a label this format knows") from None
 
 
 def check_unique(seen: dict[str, int], key: str, row: int, what: str) -> None:
-    """Remember the row of each id; a second row with the same id is a CaseError naming the first."""
+    """Remember the row of each id; a second row with the same id is a CaseError naming the first row."""
     if not key:
         raise CaseError(f"{what} is empty")
     if key in seen:
-        raise CaseError(f"duplicate {what} {key!r} (first on row {seen[key]})")
+        raise CaseError(f"duplicate {what} (first on row {seen[key]})")
     seen[key] = row
 
 
@@ -151,12 +167,12 @@ def read_table(
 ) -> Table:
     """Read a CSV for `fmt`; ImportFailed when it is missing, not text, empty, or lacks the required columns."""
     path = Path(path)
+    roots = IMPORT_ROOTS.get()
+    if roots is not None:
+        path = confine(path, roots, "metadata CSV")
     if not path.is_file():
         raise ImportFailed(f"{path}: no such file")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ImportFailed(f"{path}: cannot be read ({e.strerror or e})") from None
+    data = _read_capped(path, MAX_CSV_BYTES.get())
     if b"\x00" in data[:65536]:
         raise ImportFailed(f"{path}: not a CSV text file")
     text = _decode(data)
@@ -197,6 +213,26 @@ def read_table(
     return Table(path=path, columns=columns, rows=rows, errors=errors)
 
 
+def _read_capped(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, refused (ImportFailed) past `limit` before it is read into memory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not hang the import
+    except OSError as e:
+        raise ImportFailed(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ImportFailed(f"{path}: not a regular file")
+        if info.st_size > limit:
+            raise ImportFailed(
+                f"{path}: {info.st_size / 1e6:.1f} MB; a metadata CSV may have at most {limit / 1e6:g} MB"
+            )
+        data = f.read(limit + 1)
+    if len(data) > limit:  # it grew while we read it
+        raise ImportFailed(f"{path}: larger than {limit / 1e6:g} MB")
+    return data
+
+
 def _decode(data: bytes) -> str:
     """UTF-8 (with or without BOM), else Windows-1252 as spreadsheets save it, else Latin-1 (never fails)."""
     for encoding in ("utf-8-sig", "cp1252"):
@@ -215,9 +251,13 @@ def _delimiter(header: str) -> str:
 
 
 def _show(columns: Sequence[str], limit: int = 8) -> str:
-    shown = [c[:40] for c in columns[:limit] if c] or ["(none)"]
-    more = f", ... ({len(columns)} in all)" if len(columns) > limit else ""
-    return ", ".join(shown) + more
+    """The header's column names for a message; a "name" that looks like data (a line of /etc/passwd, a secret) is
+    counted, never shown."""
+    names = [c for c in columns if _SHOWN_COLUMN.match(c)]
+    shown = names[:limit] or ["(no column name)"]
+    hidden = len([c for c in columns if c]) - len(names)
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(shown) + more + (f" and {hidden} that do not look like column names" if hidden else "")
 
 
 # ---- image files ----
@@ -226,15 +266,27 @@ def _show(columns: Sequence[str], limit: int = 8) -> str:
 class ImageFinder:
     """The image files under a folder and its subfolders `depth` levels down, found by name, stem or relative path.
 
-    A path written in a CSV never reaches outside the folder: "../x.jpg" or "/etc/x.jpg" only finds a file of that
-    name inside it.
+    Nothing found ever lies outside the folder: a path written in a CSV ("../x.jpg", "/etc/x.jpg") only finds a file of
+    that name inside it, and a symlink is followed only when its target is inside it too (every path it returns is
+    resolved, so a later read opens that very file).
     """
 
     def __init__(self, root: Path, depth: int = 1) -> None:
         self.root = Path(root).resolve()
         self._by_name: dict[str, Path] = {}
         self._by_lower: dict[str, Path] = {}
+        self.outside = 0  # entries skipped because they resolve outside the folder
         self._scan(self.root, depth)
+
+    def _inside(self, path: Path) -> Path | None:
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # dangling or looping symlink
+            return None
+        if not real.is_relative_to(self.root):
+            self.outside += 1
+            return None
+        return real
 
     def _scan(self, folder: Path, depth: int) -> None:
         try:
@@ -244,10 +296,14 @@ class ImageFinder:
         subfolders = []
         for entry in entries:
             if entry.is_file():
-                self._by_name.setdefault(entry.name, Path(entry.path))
-                self._by_lower.setdefault(entry.name.lower(), Path(entry.path))
+                real = self._inside(Path(entry.path))
+                if real is not None:
+                    self._by_name.setdefault(entry.name, real)
+                    self._by_lower.setdefault(entry.name.lower(), real)
             elif entry.is_dir() and depth > 0 and not entry.name.startswith("."):
-                subfolders.append(Path(entry.path))
+                real = self._inside(Path(entry.path))
+                if real is not None:
+                    subfolders.append(real)
         for sub in subfolders:  # files nearer the root win over same-named files deeper down
             self._scan(sub, depth - 1)
 
@@ -272,7 +328,51 @@ class ImageFinder:
         return self.by_name(PurePosixPath(rel).name)
 
 
-def require_image(found: Path | None, name: str) -> Path:
+def require_image(found: Path | None, column: str) -> Path:
+    """The image file a row names, or CaseError naming the column (the file name is data)."""
     if found is None:
-        raise CaseError(f"image {name} not found")
+        raise CaseError(f"{column}: image file not found")
     return found
+
+
+def read_image_file(path: Path, root: Path, max_bytes: int) -> bytes:
+    """The bytes of an image file that must lie inside `root` (resolved): OSError, or CaseError naming the rule, when
+    it left the folder since it was found, is not a regular file, or is larger than max_bytes (read no further)."""
+    real = Path(path).resolve(strict=True)
+    if not real.is_relative_to(Path(root).resolve()):
+        raise CaseError("image file lies outside the images folder")
+    fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise CaseError("image path is not a regular file")
+        return f.read(max_bytes + 1)  # one byte more than allowed: the intake refuses it with its size message
+
+
+@contextlib.contextmanager
+def reading_limits(max_csv_bytes: int, roots: Sequence[Path] | None) -> Iterator[None]:
+    """Cap every CSV a reader reads in this block, and confine it to `roots` when given."""
+    tokens = MAX_CSV_BYTES.set(max_csv_bytes), IMPORT_ROOTS.set(roots)
+    try:
+        yield
+    finally:
+        MAX_CSV_BYTES.reset(tokens[0])
+        IMPORT_ROOTS.reset(tokens[1])
+
+
+def confine(path: str | Path, roots: Sequence[Path], what: str) -> Path:
+    """`path` resolved (symlinks followed) when it lies under one of the import roots, else ImportFailed. A relative
+    path is taken inside the first root."""
+    if not roots:
+        raise ImportFailed("no import root is configured (intake.import_roots / MMDERM_IMPORT_ROOTS)")
+    resolved_roots = [Path(r).resolve() for r in roots]
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = resolved_roots[0] / p
+    try:
+        real = p.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ImportFailed(f"{path}: no such {what}") from None
+    if not any(real.is_relative_to(root) for root in resolved_roots):
+        shown = ", ".join(str(r) for r in resolved_roots)
+        raise ImportFailed(f"{path}: the {what} is not under an import root ({shown}); imports read only there")
+    return real

@@ -98,13 +98,13 @@ def read_official_split(meta_dir: Path, n_rows: int) -> tuple[dict[int, str], li
             try:
                 index = int(float(value))
             except ValueError:
-                rejections.append(Rejection(table.file, row, f"index {value!r} is not a row number"))
+                rejections.append(Rejection(table.file, row, "indexes: not a row number"))
                 continue
             if not 0 <= index < n_rows:
-                rejections.append(Rejection(table.file, row, f"index {index} is not a data row of meta.csv"))
+                rejections.append(Rejection(table.file, row, f"indexes: not a data row of meta.csv (0-{n_rows - 1})"))
             elif index in splits:
                 first_file, first_row = where[index]
-                reason = f"index {index} is already in {Path(first_file).name} row {first_row}"
+                reason = f"indexes: the same data row is already in {Path(first_file).name} row {first_row}"
                 rejections.append(Rejection(table.file, row, reason))
             else:
                 splits[index] = split
@@ -153,8 +153,8 @@ def read_derm7pt(metadata: Path, images: Path) -> Iterator[Candidate | Rejection
             rel = r.get(column, "")
             image = finder.by_path(rel) if rel else None
             if image is None:
-                reason = f"image {rel} not found ({column})" if rel else f"no {column} image path"
+                reason = f"{column}: image file not found" if rel else f"{column}: no image path"
                 yield Rejection(table.file, row, reason)
                 continue
             case = Case(case_id=f"{r['case_num']}-{column}", domain=domain, **fields)  # type: ignore[arg-type]
-            yield Candidate(case, image, table.file, row)
+            yield Candidate(case, image, table.file, row, column)

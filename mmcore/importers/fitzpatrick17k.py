@@ -70,7 +70,7 @@ def read_fitzpatrick17k(metadata: Path, images: Path) -> Iterator[Candidate | Re
             if not label:
                 raise CaseError("label is empty")
             if r.get("qc", "").startswith("3"):  # the dataset's own review found the label wrong
-                raise CaseError(f"quality control marks the label wrong (qc {r['qc']!r})")
+                raise CaseError("qc: quality control marks the label wrong")
             dx = LABELS.get(label, "other")
             case = Case(
                 case_id=r["md5hash"],
@@ -92,8 +92,7 @@ def read_fitzpatrick17k(metadata: Path, images: Path) -> Iterator[Candidate | Re
                     if r.get(k)
                 },
             )
-            name = f"{r['md5hash']}.jpg"
-            image = require_image(finder.by_name(name) or finder.by_stem(r["md5hash"]), name)
-            yield Candidate(case, image, table.file, row)
+            found = finder.by_name(f"{r['md5hash']}.jpg") or finder.by_stem(r["md5hash"])
+            yield Candidate(case, require_image(found, "md5hash"), table.file, row, "md5hash")
         except CaseError as e:
             yield Rejection(table.file, row, str(e))

@@ -85,7 +85,7 @@ def read_folder(
             check_unique(seen, get(r, "image"), row, "image")
             domain = get(r, "domain")
             if domain and label_key(domain) not in DOMAIN_NAMES:
-                raise CaseError(f"domain {domain!r} is not one of {', '.join(DOMAINS)}")
+                raise CaseError(f"domain is not one of {', '.join(DOMAINS)}")
             site, site_detail = normalise_site(get(r, "site"))
             case = Case(
                 case_id=get(r, "image"),
@@ -104,7 +104,7 @@ def read_folder(
                     **{k: v for k, v in r.items() if v and k not in names.values()},
                 },
             )
-            image = require_image(finder.by_path(get(r, "image")), get(r, "image"))
-            yield Candidate(case, image, table.file, row)
+            image = require_image(finder.by_path(get(r, "image")), names["image"])
+            yield Candidate(case, image, table.file, row, names["image"])
         except CaseError as e:
             yield Rejection(table.file, row, str(e))

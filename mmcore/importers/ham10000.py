@@ -51,7 +51,7 @@ def read_ham10000(metadata: Path, images: Path) -> Iterator[Candidate | Rejectio
             check_unique(seen, r["image_id"], row, "image_id")
             dx_type = r.get("dx_type", "")
             if dx_type and dx_type.lower() not in DX_TYPES:
-                raise CaseError(f"dx_type {dx_type!r} is not one of {', '.join(DX_TYPES)}")
+                raise CaseError(f"dx_type is not one of {', '.join(DX_TYPES)}")
             site, site_detail = normalise_site(r.get("localization"))
             case = Case(
                 case_id=r["image_id"],
@@ -66,8 +66,7 @@ def read_ham10000(metadata: Path, images: Path) -> Iterator[Candidate | Rejectio
                 domain="dermoscopy",
                 extra={k: r[k] for k in ("dataset",) if r.get(k)},
             )
-            name = f"{r['image_id']}.jpg"
-            image = require_image(finder.by_name(name) or finder.by_stem(r["image_id"]), name)
-            yield Candidate(case, image, table.file, row)
+            found = finder.by_name(f"{r['image_id']}.jpg") or finder.by_stem(r["image_id"])
+            yield Candidate(case, require_image(found, "image_id"), table.file, row, "image_id")
         except CaseError as e:
             yield Rejection(table.file, row, str(e))

@@ -140,7 +140,7 @@ def isic_dx(levels: list[str], legacy: str = "") -> tuple[str, str]:
                 return LABELS[label_key(term)], path
         if label_key(levels[0]) in MALIGNANCY:
             return "other", path
-        raise CaseError(f"unknown diagnosis {path!r}")
+        raise CaseError("unknown diagnosis: diagnosis_1..5 name no term of the ISIC table")
     if not legacy or label_key(legacy) == "unknown":
         raise CaseError("no diagnosis")
     key = label_key(legacy)
@@ -148,7 +148,7 @@ def isic_dx(levels: list[str], legacy: str = "") -> tuple[str, str]:
         return LABELS[key], legacy
     if key in LEGACY:
         return "other", legacy
-    raise CaseError(f"unknown diagnosis {legacy!r}")
+    raise CaseError("unknown diagnosis: not a label this format knows")
 
 
 def _domain(image_type: str) -> str:
@@ -158,8 +158,8 @@ def _domain(image_type: str) -> str:
     if key in DOMAINS:
         return DOMAINS[key]
     if key.startswith("rcm"):
-        raise CaseError(f"image_type {image_type!r} is confocal microscopy, not a photograph of the skin")
-    raise CaseError(f"image_type {image_type!r} is not dermoscopic, clinical or TBP tile")
+        raise CaseError("image_type is confocal microscopy, not a photograph of the skin")
+    raise CaseError("image_type is not dermoscopic, clinical or TBP tile")
 
 
 def _site(r: dict[str, str]) -> tuple[str, str]:
@@ -186,7 +186,7 @@ def read_isic(metadata: Path, images: Path) -> Iterator[Candidate | Rejection]:
             dx, diagnosis = isic_dx([r.get(c, "") for c in LEVELS], r.get("diagnosis", ""))
             confirm = label_key(r.get("diagnosis_confirm_type", ""))
             if confirm and confirm not in DX_TYPES:
-                raise CaseError(f"diagnosis_confirm_type {r['diagnosis_confirm_type']!r} is not an ISIC value")
+                raise CaseError("diagnosis_confirm_type is not an ISIC value")
             site, site_detail = _site(r)
             stated = label_key(r.get("diagnosis_1") or r.get("benign_malignant", "")).split("/")[0]
             case = Case(
@@ -208,7 +208,7 @@ def read_isic(metadata: Path, images: Path) -> Iterator[Candidate | Rejection]:
                     **{k: v for k, v in r.items() if v and k not in _USED},
                 },
             )
-            image = require_image(finder.by_stem(isic_id, (".jpg", ".jpeg", ".png")), f"{isic_id}.jpg")
-            yield Candidate(case, image, table.file, row)
+            image = require_image(finder.by_stem(isic_id, (".jpg", ".jpeg", ".png")), "isic_id")
+            yield Candidate(case, image, table.file, row, "isic_id")
         except CaseError as e:
             yield Rejection(table.file, row, str(e))

@@ -83,7 +83,7 @@ def _extra(r: dict[str, str]) -> dict[str, Any]:
             try:
                 extra[f"{key}_mm"] = float(value)
             except ValueError:
-                raise CaseError(f"{key} {value!r} is not a number of millimetres") from None
+                raise CaseError(f"{key} is not a number of millimetres") from None
     for key in ("background_father", "background_mother"):
         if r.get(key):
             extra[key] = r[key]
@@ -120,7 +120,7 @@ def read_pad_ufes_20(metadata: Path, images: Path) -> Iterator[Candidate | Rejec
                 domain="clinical",
                 extra=_extra(r),
             )
-            image = require_image(finder.by_name(r["img_id"]), r["img_id"])
-            yield Candidate(case, image, table.file, row)
+            image = require_image(finder.by_name(r["img_id"]), "img_id")
+            yield Candidate(case, image, table.file, row, "img_id")
         except CaseError as e:
             yield Rejection(table.file, row, str(e))

@@ -77,7 +77,7 @@ def age_of_group(group: str) -> float | None:
         return None
     m = _AGE.match(group.strip())
     if not m:
-        raise CaseError(f"age_group {group!r} is not AGE_<from>_TO_<to> or AGE_<n>_OR_ABOVE")
+        raise CaseError("age_group is not AGE_<from>_TO_<to> or AGE_<n>_OR_ABOVE")
     low = int(m.group(1))
     return normalise_age((low + int(m.group(2)) + 1) / 2 if m.group(2) else low + 5)
 
@@ -108,7 +108,7 @@ def _literal(text: str, kind: type, column: str) -> Any:
             continue
         if isinstance(value, kind):
             return value
-    raise CaseError(f"{column} is not a {kind.__name__} ({text[:40]!r})")
+    raise CaseError(f"{column} is not a {kind.__name__} literal")
 
 
 def _fitzpatrick(r: dict[str, str]) -> int | None:
@@ -154,14 +154,14 @@ def read_scin(metadata: Path, images: Path, *, labels: Path | str | None = None)
     by_case: dict[str, tuple[int, dict[str, str]]] = {}
     for row, r in label_table.rows:
         if r["case_id"] in by_case:
-            reason = f"duplicate case_id {r['case_id']!r} (first on row {by_case[r['case_id']][0]})"
+            reason = f"duplicate case_id (first on row {by_case[r['case_id']][0]})"
             yield Rejection(label_table.file, row, reason)
         else:
             by_case[r["case_id"]] = (row, r)
     case_ids = {r["case_id"] for _, r in cases.rows}
     for case_id, (row, _) in by_case.items():
         if case_id not in case_ids:
-            yield Rejection(label_table.file, row, f"case_id {case_id!r} is not in {Path(metadata).name}")
+            yield Rejection(label_table.file, row, f"case_id: not in {Path(metadata).name}")
 
     finder = ImageFinder(images, depth=2)
     seen: dict[str, int] = {}
@@ -171,7 +171,7 @@ def read_scin(metadata: Path, images: Path, *, labels: Path | str | None = None)
             case_id = r["case_id"]
             check_unique(seen, case_id, row, "case_id")
             if case_id not in by_case:
-                raise CaseError(f"case_id {case_id!r} has no row in {labels_path.name}")
+                raise CaseError(f"case_id: no row in {labels_path.name}")
             merged = {**by_case[case_id][1], **r}
             label = top_label(merged)
             site, site_detail = _site(merged)
@@ -197,8 +197,8 @@ def read_scin(metadata: Path, images: Path, *, labels: Path | str | None = None)
                 continue
             image = finder.by_path(rel)
             if image is None:
-                yield Rejection(cases.file, row, f"image {rel} not found")
+                yield Rejection(cases.file, row, f"image_{n}_path: image file not found")
                 continue
             shot = {"shot_type": r[f"image_{n}_shot_type"]} if r.get(f"image_{n}_shot_type") else {}
             case = Case(case_id=f"{case_id}_{n}", **{**fields, "extra": {**fields["extra"], **shot}})  # type: ignore
-            yield Candidate(case, image, cases.file, row)
+            yield Candidate(case, image, cases.file, row, f"image_{n}_path")

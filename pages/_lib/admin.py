@@ -13,6 +13,8 @@ import pandas as pd
 import streamlit as st
 
 from pages._lib import loaders
+from pages._lib.auth import current_user
+from pages._lib.widgets import plain
 
 STATUS_ICON = {"queued": "…", "running": "▶", "cancelling": "■", "succeeded": "✓", "failed": "✗", "cancelled": "■"}
 
@@ -45,9 +47,13 @@ def render_data(user: str) -> None:
         col.dataframe(pd.DataFrame({"value": list(table), "cases": list(table.values())}), hide_index=True)
 
     st.markdown("#### Import a dataset")
+    from mmcore.importers import import_roots
+
+    roots = ", ".join(f"`{r}`" for r in import_roots(loaders.get_config()))
     st.caption(
-        "Paths on the server. Rows that cannot be imported are listed with file, row and reason; an import "
-        "is one transaction, so a failure halfway loses nothing already stored."
+        f"Paths on the server, under an import root ({roots}; a relative path starts in the first). Rows that "
+        "cannot be imported are listed below with file, row and reason; an import is one transaction, so a failure "
+        "halfway loses nothing already stored."
     )
     from mmcore.importers import READERS
     from mmcore.jobs import import_job, synth_job
@@ -68,9 +74,13 @@ def render_data(user: str) -> None:
             st.error("Give both the metadata CSV and the images folder.")
             return
         if preview:
-            render_import_preview(fmt, metadata.strip(), images.strip(), columns.strip())
+            render_import_preview(fmt, metadata.strip(), images.strip(), columns.strip(), user)
         else:
-            start_job(import_job, user, fmt, metadata, images, columns=columns, source=source)
+            job = start_job(import_job, user, fmt, metadata, images, columns=columns, source=source)
+            if job is not None:
+                st.session_state["admin_import_job"] = job.id
+    if st.session_state.get("admin_import_job"):
+        render_import_job(st.session_state["admin_import_job"])
 
     st.markdown("#### Generate SynthDerm cases")
     with st.form("admin_synth_form"):
@@ -82,18 +92,48 @@ def render_data(user: str) -> None:
             start_job(synth_job, user, int(n), int(seed), bool(balanced))
 
 
-def render_import_preview(fmt: str, metadata: str, images: str, columns: str) -> None:
-    """Read the dataset without storing anything and list what would be rejected."""
-    from mmcore.importers import preview_import
+def render_import_preview(fmt: str, metadata: str, images: str, columns: str, user: str) -> None:
+    """Start the dry run of an import as a job (it reads only under the import roots); its result shows below."""
+    from mmcore.jobs import import_job
 
-    try:
-        preview = preview_import(fmt, metadata, images, columns=columns or None)
-    except Exception as e:  # noqa: BLE001 - ImportFailed and friends: show the one-line reason
-        st.error(str(e))
+    job = start_job(import_job, user, fmt, metadata, images, columns=columns, dry_run=True)
+    if job is not None:
+        st.session_state["admin_import_job"] = job.id
+
+
+@st.fragment(run_every=2)
+def render_import_job(job_id: int) -> None:
+    """The last import or preview started here: status, then its counts and each rejected row with the column and
+    rule it broke (the job's owner-only rejections file; the job's log has only row numbers)."""
+    if not current_user().is_admin:  # signed out since: this fragment must not answer any more
         return
-    st.info(f"{preview['rows']} rows read: {preview['candidates']} importable, {len(preview['rejected'])} rejected.")
-    if preview["rejected"]:
-        st.dataframe(pd.DataFrame(preview["rejected"]), hide_index=True)
+    jobs = loaders.get_jobs()
+    jobs.reap()
+    job = jobs.get(job_id)
+    what = "Preview" if "--dry-run" in job.args else "Import"
+    if job.active:
+        st.info(f"{what} (job {job.id}) is {job.status}…")
+        return
+    report = jobs.import_report(job.id)
+    if report is None:
+        st.error(f"{what} (job {job.id}) {job.status}: {job.error or 'no result'}. See its log on the Training tab.")
+        return
+    rejected = report.get("rejected") or []
+    if report.get("dry_run"):
+        st.info(
+            f"Preview (job {job.id}): {report['rows']} rows read, {report['candidates']} importable, "
+            f"{len(rejected)} rejected. Nothing was stored."
+        )
+    else:
+        st.success(
+            f"Import (job {job.id}) of `{report['source']}`: {report['imported']} imported, {report['updated']} "
+            f"updated, {report['skipped_duplicates']} already stored, {len(rejected)} rejected."
+        )
+    for warning in report.get("warnings") or []:
+        st.warning(plain(warning))
+    rows = [{"file": r["file"].rsplit("/", 1)[-1], "row": r["row"], "reason": r["reason"]} for r in rejected]
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True)  # a dataframe draws text, never markdown
 
 
 # ---- notes ----
@@ -217,6 +257,8 @@ def render_job(job_id: int, user: str) -> None:
     """Live status, loss and metric curves, log tail, cancel and resume for one job (refreshes every 2 s)."""
     import plotly.graph_objects as go
 
+    if not current_user().is_admin:  # signed out since: the watcher must not act for anyone any more
+        return
     jobs = loaders.get_jobs()
     jobs.reap()
     job = jobs.get(job_id)
@@ -376,12 +418,18 @@ def render_index(user: str) -> None:
 
 
 def render_audit() -> None:
+    """The chain check (signatures and anchor too), then the entries filtered by event and user; a damaged line is
+    listed as one, never raised."""
     log = loaders.get_audit()
     report = log.verify()
     if report.ok:
-        st.success(f"Chain intact: {report.entries} entries.")
+        st.success(
+            f"Chain intact: {report.entries} entries, {report.signed} signed with the audit key, none missing from "
+            "the end."
+        )
     else:
-        st.error(f"Chain broken at line {report.first_bad_line}: {report.reason}.")
+        where = f" at line {report.first_bad_line}" if report.first_bad_line else ""
+        st.error(f"Chain broken{where}: {report.reason}.")
     c1, c2 = st.columns(2)
     entries = log.read()
     events = sorted({e.get("event", "") for e in entries})
@@ -392,4 +440,5 @@ def render_audit() -> None:
         e for e in entries if (event == "(all)" or e.get("event") == event) and (who == "(all)" or e.get("user") == who)
     ]
     if shown:
-        st.dataframe(pd.DataFrame(shown[-500:][::-1]).drop(columns=["prev", "hash"], errors="ignore"), hide_index=True)
+        frame = pd.DataFrame(shown[-500:][::-1]).drop(columns=["prev", "hash", "mac"], errors="ignore")
+        st.dataframe(frame, hide_index=True)

@@ -93,3 +93,51 @@ def test_notes_tab_checks_fidelity_on_request(app_env):
     assert not at.exception
     shown = [m for m in at.metric if "contradicting their case" in m.label]
     assert shown and shown[0].value.startswith("0 / ")  # P1 notes are grounded in the case's findings
+
+
+# ---- issue 13, item 1: the import preview runs as a job, under the import roots, without cell values ----
+
+
+def _dataset(root):
+    from PIL import Image
+
+    photos = root / "clinic" / "photos"
+    photos.mkdir(parents=True)
+    Image.new("RGB", (24, 16), (150, 90, 60)).save(photos / "p0.jpg")
+    (root / "clinic" / "labels.csv").write_text("file,diagnosis\np0.jpg,nv\np1.jpg,cookie_secret=abc123\n")
+
+
+def _preview(at, metadata: str, images: str):
+    at.selectbox(key="admin_import_format").set_value("folder")
+    at.text_input(key="admin_import_metadata").input(metadata)
+    at.text_input(key="admin_import_images").input(images)
+    at.text_input(key="admin_import_columns").input("image=file,dx=diagnosis")
+    return at.button(key="FormSubmitter:admin_import_form-Preview rejected rows").click().run()
+
+
+def test_preview_of_a_server_file_outside_the_import_roots_is_refused(app_env_copy, monkeypatch, tmp_path):
+    """Before: the preview read /etc/passwd in the app's process and its lines came back as rejection reasons."""
+    monkeypatch.setenv("MMDERM_IMPORT_ROOTS", str(tmp_path / "imports"))
+    at = _preview(_as_admin(), "/etc/passwd", "/etc")
+    assert not at.exception
+    shown = " ".join(e.value for e in at.error)
+    assert "not under an import root" in shown and "root:x" not in shown
+    assert not at.get("arrow_data_frame") or all("root:x" not in str(d.value) for d in at.dataframe)
+    assert JobManager(load_config("tiny")).list() == []
+
+
+def test_preview_runs_as_a_job_and_lists_rows_by_column_and_rule(app_env_copy, monkeypatch, tmp_path):
+    root = tmp_path / "imports"
+    _dataset(root)
+    monkeypatch.setenv("MMDERM_IMPORT_ROOTS", str(root))
+    at = _preview(_as_admin(), "clinic/labels.csv", "clinic/photos")
+    assert not at.exception, [e.value for e in at.error]
+    jobs = JobManager(load_config("tiny"))
+    job = jobs.list()[0]
+    assert job.kind == "import" and "--dry-run" in job.args and job.user == "admin"
+    assert jobs.wait(job.id, timeout=120).status == "succeeded", jobs.log_tail(job.id)
+    at.run()
+    assert any("1 importable, 1 rejected" in i.value for i in at.info)
+    table = next(d.value for d in at.dataframe if "reason" in d.value.columns)
+    assert list(table["row"]) == [3] and "abc123" not in str(table.to_dict()) and "p1.jpg" not in str(table.to_dict())
+    assert "unknown diagnosis" in table["reason"][0]

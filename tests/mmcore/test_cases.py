@@ -70,7 +70,7 @@ def test_validate_case_and_malignancy_default():
     assert case.malignancy == "malignant"
     assert Case(case_id="b", source="s", dx="akiec").malignancy == "indeterminate"
     validate_case(case)
-    with pytest.raises(CaseError, match="diagnosis 'melanoma'"):
+    with pytest.raises(CaseError, match="diagnosis is not one of akiec"):
         validate_case(Case(case_id="c", source="s", dx="melanoma", malignancy="malignant"))
 
 
@@ -165,3 +165,57 @@ def test_stored_splits_never_move_and_new_images_join_their_lesion(tmp_path):
     assert all(after[cid] == split for cid, split in before.items())
     for i in range(10):
         assert after[f"t:{100 + i}"] == after[f"t:{i}"]
+
+
+def test_a_transaction_in_one_thread_is_invisible_to_another_until_it_commits(tmp_path):
+    """Before: one SQLite connection shared by every thread, so another thread saw rows not yet committed (issue 13,
+    item 13)."""
+    import threading
+
+    store = CaseStore(tmp_path)
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def writer() -> None:
+        with store.transaction():
+            store.upsert([_case(store, 1)])
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert inside.wait(10)
+    seen.append(store.count())  # this thread, mid-way through the other's transaction
+    release.set()
+    thread.join()
+    seen.append(store.count())
+    assert seen == [0, 1]
+    store.close()
+
+
+def test_connections_of_threads_that_ended_are_closed(tmp_path):
+    import threading
+
+    store = CaseStore(tmp_path)
+    for _ in range(5):
+        t = threading.Thread(target=store.count)
+        t.start()
+        t.join()
+    store.count()
+    assert len(store._open) <= 2  # this thread's and at most the last one's
+    store.close()
+
+
+def test_case_ids_keep_to_a_safe_alphabet():
+    ok = Case(case_id="ham10000:ISIC_0024306", source="s", dx="nv")
+    validate_case(ok)
+    validate_case(Case(case_id="folder:a/b c-1+2.jpg", source="s", dx="nv"))
+    for bad in ("x:![p](http://h/t.png)", "x:<img>", "x:a\nb", "x:**b**", "x:[a](b)"):
+        with pytest.raises(CaseError, match="case_id may hold only"):
+            validate_case(Case(case_id=bad, source="s", dx="nv"))
+
+
+def test_errors_name_the_field_never_the_value():
+    for fn, value in ((normalise_age, "Jane Doe"), (normalise_sex, "Jane Doe"), (normalise_fitzpatrick, "Jane Doe")):
+        with pytest.raises(CaseError) as e:
+            fn(value)
+        assert "Jane" not in str(e.value)

@@ -186,3 +186,149 @@ def test_min_side_decodes_a_large_jpeg_smaller_but_never_below_it():
     assert load_image(small, min_side=512).size == (300, 200)  # never upscaled, never reduced below
     png = _save(_gradient(1600, 1200), "PNG")
     assert load_image(png, min_side=512).size == (1600, 1200)  # only JPEG has a reduced decode
+
+
+# ---- issue 13, item 3: uploads that cost gigabytes; item 4: corrupt EXIF ----
+
+_PEAK_RSS = """
+import resource, subprocess, sys
+p = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
+print(p.stdout + p.stderr)
+"""
+
+
+def _check_image_peak_mb(path) -> tuple[int, int, str]:
+    """(exit code, peak RSS in MB, output) of `python -m mmcore check-image FILE` in a process of its own."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, sys.executable, "-m", "mmcore", "check-image", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    head, _, rest = out.partition("\n")
+    code, mb = map(int, head.split())
+    return code, mb, rest
+
+
+def test_tiny_files_declaring_gigabytes_are_refused_and_the_largest_accepted_stay_under_300_mb(tmp_path):
+    """Before: a 0.10 MB 16-bit 7000 x 7000 PNG was accepted by check-image at a peak of 1,285 MB (bench:
+    bench/results/intake_memory.md, which measures every kind of worst upload)."""
+    bomb = tmp_path / "bomb16.png"
+    Image.fromarray(np.zeros((7000, 7000), dtype=np.uint16)).save(bomb)
+    assert bomb.stat().st_size < 200_000
+    code, mb, out = _check_image_peak_mb(bomb)
+    assert code == 2 and "the limit is 25 megapixels" in out and mb < 100
+
+    side = 5000  # 25 megapixels: the upload cap
+    largest = tmp_path / "largest16.png"
+    arr = np.zeros((side, side), dtype=np.uint16)
+    arr[:, : side // 2] = 40_000
+    Image.fromarray(arr).save(largest)
+    code, mb, out = _check_image_peak_mb(largest)
+    assert code == 0 and f"{side} x {side}" in out
+    assert mb <= 300, f"peak RSS {mb} MB"
+
+
+def test_heic_at_the_upload_cap_stays_under_300_mb():
+    pytest.importorskip("pillow_heif")
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "intake" / "flat_5000x5000.heic"
+    code, mb, out = _check_image_peak_mb(fixture)
+    assert code == 0 and "HEIC 5000 x 5000" in out and mb <= 300, (mb, out)
+
+
+def test_the_importer_keeps_its_own_higher_cap():
+    data = _png_declaring(6000, 6000)  # 36 megapixels: over the upload cap, under the importer's
+    with pytest.raises(DecompressionBomb, match="the limit is 25 megapixels"):
+        load_image(data)
+    with pytest.raises(CorruptImage):  # past the size check: only its missing pixel data stops it
+        load_image(data, max_pixels=50_000_000)
+
+
+def test_a_progressive_jpeg_gets_the_pixels_its_decoder_can_hold():
+    """A progressive decoder holds every DCT coefficient (2 bytes a pixel per component) beside the picture."""
+    big = _save(Image.new("RGB", (4800, 4800), (150, 90, 60)), "JPEG", progressive=True, subsampling=0)  # 23 MP
+    with pytest.raises(DecompressionBomb, match="limit for it is 20 megapixels"):
+        load_image(big)
+    assert load_image(_save(Image.new("RGB", (4800, 4800), (150, 90, 60)), "JPEG")).size == (4800, 4800)
+
+
+def test_decoding_keeps_no_extra_full_copy_of_the_pixels():
+    """Before: tobytes() for the clean copy and again for the hash: two full copies of the picture as Python bytes."""
+    import tracemalloc
+
+    data = _save(_gradient(2000, 1500), "PNG", compress_level=1)
+    tracemalloc.start()
+    try:
+        decoded = load_image(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    full_copy = 3 * 2000 * 1500
+    assert decoded.size == (2000, 1500)
+    assert peak < full_copy / 2, f"{peak / 1e6:.1f} MB of Python allocations for a {full_copy / 1e6:.1f} MB picture"
+
+
+def test_the_pixel_hash_is_unchanged_by_hashing_in_strips():
+    import hashlib
+
+    img = _gradient(1500, 900)  # more than one strip
+    expected = hashlib.sha256(b"RGB:1500x900:" + img.tobytes()).hexdigest()
+    from mmcore.images import pixel_sha256
+
+    assert pixel_sha256(img) == expected
+
+
+def test_concurrent_decodes_are_bounded(monkeypatch):
+    """Before: every upload decoded at once, each holding its picture (8 sessions, 8 decodes)."""
+    import threading
+    import time
+
+    import mmcore.images as images
+
+    running, peak, guard = [0], [0], threading.Lock()
+    real_open = Image.open
+
+    def slow_open(*args, **kwargs):
+        with guard:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with guard:
+            running[0] -= 1
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", slow_open)
+    data = _save(_gradient(), "PNG")
+    threads = [threading.Thread(target=load_image, args=(data,)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 2, f"{peak[0]} decodes at once"
+    assert images.MAX_CONCURRENT_DECODES == 2
+
+
+def test_an_unreadable_exif_orientation_is_skipped_with_a_warning(monkeypatch):
+    """Before: exif_transpose raised TypeError or struct.error outside the try block (a traceback in check-image)."""
+    import struct
+
+    arr = np.full((40, 80, 3), 200, dtype=np.uint8)
+    raw = Image.fromarray(arr)
+    exif = raw.getexif()
+    exif[0x0112] = 6
+    data = _save(raw, "JPEG", quality=95, exif=exif.tobytes())
+
+    def broken(self):
+        raise struct.error("unpack requires a buffer of 12 bytes")
+
+    monkeypatch.setattr(Image.Image, "getexif", broken)
+    decoded = load_image(data)
+    assert decoded.size == (80, 40)  # used as stored, not turned
+    assert decoded.warnings and "orientation" in decoded.warnings[0]

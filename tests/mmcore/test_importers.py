@@ -96,12 +96,12 @@ def test_ham10000(store):
     assert (result.imported, result.skipped_duplicates) == (5, 0)
     not_image = intake_message(b"this is not a picture\n")
     assert rejections(result) == {
-        ("HAM10000_metadata.csv", 7, "unknown diagnosis 'xyz'"),
-        ("HAM10000_metadata.csv", 8, "age '150.0' is impossible (must be 0-120)"),
-        ("HAM10000_metadata.csv", 9, "image ISIC_0029396.jpg not found"),
-        ("HAM10000_metadata.csv", 10, "duplicate image_id 'ISIC_0027419' (first on row 2)"),
-        ("HAM10000_metadata.csv", 11, "sex 'robot' is not male, female or unknown"),
-        ("HAM10000_metadata.csv", 12, f"image ISIC_0030001.jpg: {not_image}"),
+        ("HAM10000_metadata.csv", 7, "unknown diagnosis: not a label this format knows"),
+        ("HAM10000_metadata.csv", 8, "age is impossible (must be 0-120)"),
+        ("HAM10000_metadata.csv", 9, "image_id: image file not found"),
+        ("HAM10000_metadata.csv", 10, "duplicate image_id (first on row 2)"),
+        ("HAM10000_metadata.csv", 11, "sex is not male, female or unknown"),
+        ("HAM10000_metadata.csv", 12, f"image_id: {not_image}"),
     }
     nv, vasc = cases["ISIC_0031633"], cases["ISIC_0029176"]
     assert (nv.age, nv.sex, nv.dx_type, nv.site) == (None, None, "serial imaging showing no change", "lower extremity")
@@ -130,12 +130,12 @@ def test_isic_new_hierarchical_columns(store):
         "ISIC_9000006": "bcc",
     }
     assert rejections(result) == {
-        ("metadata.csv", 8, "unknown diagnosis 'Banana:Yellow fruit'"),
+        ("metadata.csv", 8, "unknown diagnosis: diagnosis_1..5 name no term of the ISIC table"),
         ("metadata.csv", 9, "no diagnosis"),
-        ("metadata.csv", 10, "image ISIC_9000009.jpg not found"),
-        ("metadata.csv", 11, "duplicate isic_id 'ISIC_9000001' (first on row 2)"),
-        ("metadata.csv", 12, "age '200' is impossible (must be 0-120)"),
-        ("metadata.csv", 13, "Fitzpatrick type 'VII' is not 1-6 or I-VI"),
+        ("metadata.csv", 10, "isic_id: image file not found"),
+        ("metadata.csv", 11, "duplicate isic_id (first on row 2)"),
+        ("metadata.csv", 12, "age is impossible (must be 0-120)"),
+        ("metadata.csv", 13, "Fitzpatrick type is not 1-6 or I-VI"),
     }
     assert {k: c.domain for k, c in cases.items()} == {
         "ISIC_9000001": "dermoscopy",
@@ -172,8 +172,8 @@ def test_isic_old_flat_columns(store):
     assert cases["ISIC_0010005"].malignancy == "indeterminate"  # from benign_malignant
     assert cases["ISIC_0010001"].extra["melanocytic"] == "True"  # fields no importer reads are kept
     assert rejections(result) == {
-        ("metadata_legacy.csv", 7, "unknown diagnosis 'flubber'"),
-        ("metadata_legacy.csv", 8, "image_type 'RCM: tile' is confocal microscopy, not a photograph of the skin"),
+        ("metadata_legacy.csv", 7, "unknown diagnosis: not a label this format knows"),
+        ("metadata_legacy.csv", 8, "image_type is confocal microscopy, not a photograph of the skin"),
     }
 
 
@@ -212,11 +212,11 @@ def test_pad_ufes_20(store):
         "SCC": "scc",
     }
     assert rejections(result) == {
-        ("metadata.csv", 8, "unknown diagnostic 'XYZ'"),
-        ("metadata.csv", 9, "age '130' is impossible (must be 0-120)"),
-        ("metadata.csv", 10, "image PAT_997_2002_102.png not found"),
-        ("metadata.csv", 11, "duplicate img_id 'PAT_46_881_939.png' (first on row 3)"),
-        ("metadata.csv", 12, "Fitzpatrick type '9.0' is not 1-6"),
+        ("metadata.csv", 8, "unknown diagnostic: not a label this format knows"),
+        ("metadata.csv", 9, "age is impossible (must be 0-120)"),
+        ("metadata.csv", 10, "img_id: image file not found"),
+        ("metadata.csv", 11, "duplicate img_id (first on row 3)"),
+        ("metadata.csv", 12, "Fitzpatrick type is not 1-6"),
     }
     bcc = cases["PAT_46_881_939.png"]
     assert (bcc.patient_id, bcc.lesion_id, bcc.sex, bcc.fitzpatrick, bcc.site, bcc.site_detail, bcc.domain) == (
@@ -263,10 +263,10 @@ def test_derm7pt_two_views_per_lesion_and_official_split(store):
     official = {"1": "train", "2": "test", "3": "train", "4": "val", "5": "test", "6": "train", "8": "train"}
     assert {k: c.split for k, c in cases.items()} == {k: official[k.split("-")[0]] for k in cases}
     assert rejections(result) == {
-        ("meta.csv", 8, "unknown diagnosis 'banana lesion'"),
-        ("meta.csv", 9, "image Kbl/Kbl001.jpg not found (clin)"),
-        ("meta.csv", 10, "duplicate case_num '2' (first on row 3)"),
-        ("test_indexes.csv", 4, "index 99 is not a data row of meta.csv"),
+        ("meta.csv", 8, "unknown diagnosis: not a label this format knows"),
+        ("meta.csv", 9, "clin: image file not found"),
+        ("meta.csv", 10, "duplicate case_num (first on row 3)"),
+        ("test_indexes.csv", 4, "indexes: not a data row of meta.csv (0-8)"),
     }
     mel = cases["2-derm"]
     assert mel.findings == {
@@ -317,12 +317,11 @@ def test_fitzpatrick17k(store):
     assert {c.extra["label"]: c.fitzpatrick for c in cases}["actinic keratosis"] is None  # -1 is unknown
     assert {c.extra["label"]: c.malignancy for c in cases}["kaposi sarcoma"] == "malignant"
     assert all(c.domain == "atlas" for c in cases)
-    missing = fitzpatrick17k_md5("j")
     assert rejections(result) == {
-        ("fitzpatrick17k.csv", 11, f"image {missing}.jpg not found"),
-        ("fitzpatrick17k.csv", 12, f"duplicate md5hash '{fitzpatrick17k_md5('b')}' (first on row 3)"),
-        ("fitzpatrick17k.csv", 13, "Fitzpatrick type '7' is not 1-6"),
-        ("fitzpatrick17k.csv", 14, "quality control marks the label wrong (qc '3 Wrongly labelled')"),
+        ("fitzpatrick17k.csv", 11, "md5hash: image file not found"),
+        ("fitzpatrick17k.csv", 12, "duplicate md5hash (first on row 3)"),
+        ("fitzpatrick17k.csv", 13, "Fitzpatrick type is not 1-6"),
+        ("fitzpatrick17k.csv", 14, "qc: quality control marks the label wrong"),
     }
 
 
@@ -349,11 +348,11 @@ def test_scin(store):
     assert f"scin:{case1}_1" in result.duplicates[0].reason
     assert rejections(result) == {
         ("scin_cases.csv", 5, "no dermatologist label (not gradable)"),
-        ("scin_cases.csv", 6, "image dataset/images/4003844406100696311_2.png not found"),
-        ("scin_cases.csv", 7, "duplicate case_id '1002039107727665188' (first on row 3)"),
-        ("scin_cases.csv", 8, "age 155.0 is impossible (must be 0-120)"),
-        ("scin_cases.csv", 9, "case_id '6973872028150293734' has no row in scin_labels.csv"),
-        ("scin_labels.csv", 8, "case_id '999' is not in scin_cases.csv"),
+        ("scin_cases.csv", 6, "image_2_path: image file not found"),
+        ("scin_cases.csv", 7, "duplicate case_id (first on row 3)"),
+        ("scin_cases.csv", 8, "age is impossible (must be 0-120)"),
+        ("scin_cases.csv", 9, "case_id: no row in scin_labels.csv"),
+        ("scin_labels.csv", 8, "case_id: not in scin_cases.csv"),
     }
     first = cases[f"{case1}_1"]
     assert (first.age, first.sex, first.site, first.domain) == (35.0, "female", "lower extremity", "clinical")
@@ -390,8 +389,8 @@ def test_folder(store):
         "c.jpg": "nv",
     }
     assert rejections(result) == {
-        ("labels.csv", 6, "unknown diagnosis 'unicorn'"),
-        ("labels.csv", 7, "image e.jpg not found"),
+        ("labels.csv", 6, "unknown diagnosis: not a label this format knows"),
+        ("labels.csv", 7, "file: image file not found"),
     }
     first = cases["a/lesion1.jpg"]
     assert (first.age, first.sex, first.site, first.fitzpatrick, first.lesion_id, first.patient_id, first.domain) == (
@@ -490,23 +489,40 @@ def test_import_failing_after_its_last_row_while_splitting_changes_nothing(store
     assert _snapshot(store) == before
 
 
-def test_import_failing_while_decoding_the_third_image_changes_nothing(store, monkeypatch):
-    import mmcore.importers as importers
-
+def test_import_failing_while_writing_the_third_image_changes_nothing(store, monkeypatch):
     run(store, "ham10000")
     before = _snapshot(store)
     calls = {"n": 0}
+    put_image = CaseStore.put_image
 
-    def fail_on_third(data, *args):
+    def fail_on_third(self, decoded, *args):
         calls["n"] += 1
         if calls["n"] == 3:
-            raise RuntimeError("killed")
-        return load_image(data, *args)
+            raise OSError(28, "No space left on device")
+        return put_image(self, decoded, *args)
 
-    monkeypatch.setattr(importers, "load_image", fail_on_third)
-    with pytest.raises(RuntimeError, match="killed"):
+    monkeypatch.setattr(CaseStore, "put_image", fail_on_third)
+    with pytest.raises(OSError, match="No space left"):
         run(store, "isic")
     assert _snapshot(store) == before  # the two images already written are gone again
+
+
+def test_an_exception_decoding_one_image_rejects_that_row_only(store, monkeypatch):
+    """Before: a TypeError from one photo's corrupt EXIF aborted the whole import, storing 0 cases (issue 13, 4)."""
+    import mmcore.importers as importers
+
+    calls = {"n": 0}
+
+    def fail_on_second(data, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise TypeError("unhashable type: 'IFDRational'")
+        return load_image(data, *args)
+
+    monkeypatch.setattr(importers, "load_image", fail_on_second)
+    result = run(store, "ham10000")
+    assert result.imported == 4 and store.count(source="ham10000") == 4
+    assert ("HAM10000_metadata.csv", 3, "image_id: image file cannot be read (TypeError)") in rejections(result)
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
@@ -562,7 +578,7 @@ def test_row_numbers_are_spreadsheet_rows(store, tmp_path):
     (tmp_path / "meta.csv").write_text(csv)
     result = import_dataset(store, "ham10000", tmp_path / "meta.csv", FIXTURES / "ham10000")
     assert rejections(result) == {
-        ("meta.csv", 4, "unknown diagnosis 'xyz'"),
+        ("meta.csv", 4, "unknown diagnosis: not a label this format knows"),
         ("meta.csv", 5, "the row has 8 cells but the header has 7"),
         ("meta.csv", 6, "diagnosis is empty"),
     }
@@ -611,9 +627,13 @@ def test_cli_json(home, capsys):
     payload = json.loads(out)
     assert code == 0 and out.count("\n") == 1
     assert (payload["imported"], payload["skipped_duplicates"], len(payload["rejected"])) == (5, 0, 6)
-    assert all(set(r) == {"file", "row", "reason"} for r in payload["rejected"])
-    assert all(isinstance(r["row"], int) and isinstance(r["reason"], str) for r in payload["rejected"])
+    # what a job's log keeps: where to look, never why (the reasons are in the owner-only rejections file)
+    assert all(set(r) == {"file", "row"} and isinstance(r["row"], int) for r in payload["rejected"])
     assert {r["row"] for r in payload["rejected"]} == {7, 8, 9, 10, 11, 12}
+    detail = Path(payload["rejections_file"])
+    assert detail.stat().st_mode & 0o777 == 0o600
+    reasons = json.loads(detail.read_text())["rejected"]
+    assert {(r["row"], r["reason"]) for r in reasons} >= {(9, "image_id: image file not found")}
     with CaseStore(home) as store:
         assert store.count(source="ham10000") == 5
 
@@ -627,7 +647,7 @@ def test_cli_summary_and_options(home, capsys):
     code, out, _ = _cli(capsys, *args)
     assert code == 0
     assert out.startswith(f"clinic-a into {home}: imported 4, updated 0, skipped 0 already stored, rejected 2\n")
-    assert "labels.csv row 6: unknown diagnosis 'unicorn'" in out
+    assert "rejected: (labels.csv rows 6, 7)" in out and "unicorn" not in out and "e.jpg" not in out
 
 
 def test_cli_unrecognisable_csv_exits_2_with_one_line(home, capsys, tmp_path):
@@ -660,3 +680,132 @@ def test_preview_lists_rejections_and_stores_nothing(home):
     assert preview["rows"] == preview["candidates"] + len(preview["rejected"])
     assert preview["rejected"] and all({"file", "row", "reason"} <= set(r) for r in preview["rejected"])
     assert not (home / "cases.sqlite").exists()
+
+
+# ---- issue 13: confined reads (items 1, 2), reasons without cell values (item 1), safe case ids (item 11) ----
+
+
+def _jpeg(path: Path, colour=(120, 80, 60)) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (24, 16), colour).save(path, format="JPEG")
+    return path
+
+
+def _ham_csv(path: Path, *image_ids: str) -> Path:
+    rows = ["lesion_id,image_id,dx"] + [f"L{i},{image_id},nv" for i, image_id in enumerate(image_ids)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_a_symlink_out_of_the_images_folder_is_not_followed(store, tmp_path):
+    """Before: a symlink inside the images folder imported a file from outside it."""
+    images = tmp_path / "images"
+    _jpeg(images / "ISIC_1.jpg")
+    outside = _jpeg(tmp_path / "elsewhere" / "secret.jpg", colour=(10, 200, 30))
+    (images / "ISIC_2.jpg").symlink_to(outside)
+    (images / "sub").symlink_to(outside.parent, target_is_directory=True)  # a folder link out, one level down
+    (images / "ISIC_3.jpg").symlink_to(images / "ISIC_1.jpg")  # a link that stays inside is fine
+    csv = _ham_csv(tmp_path / "meta.csv", "ISIC_1", "ISIC_2", "secret")
+    result = import_dataset(store, "ham10000", csv, images)
+    assert result.imported == 1 and {c.case_id for c in store.cases()} == {"ham10000:ISIC_1"}
+    assert rejections(result) == {
+        ("meta.csv", 3, "image_id: image file not found"),
+        ("meta.csv", 4, "image_id: image file not found"),
+    }
+    finder = ImageFinder(images, depth=1)
+    assert finder.by_name("ISIC_2.jpg") is None and finder.by_name("secret.jpg") is None
+    assert finder.by_name("ISIC_3.jpg") == (images / "ISIC_1.jpg").resolve() and finder.outside == 2
+
+
+def test_import_roots_confine_every_file_an_import_reads(store, tmp_path):
+    """An import given roots (what the app's jobs get) reads only under them, symlinks followed before the check."""
+    root = tmp_path / "imports"
+    csv = _ham_csv(root / "ham" / "meta.csv", "ISIC_1")
+    _jpeg(root / "ham" / "images" / "ISIC_1.jpg")
+    outside_csv = _ham_csv(tmp_path / "private" / "meta.csv", "ISIC_1")
+    (root / "link.csv").symlink_to(outside_csv)
+    (root / "images_link").symlink_to(tmp_path / "private", target_is_directory=True)
+    roots = [root]
+    refused = [
+        (outside_csv, root / "ham" / "images", "metadata CSV is not under an import root"),
+        (Path("/etc/passwd"), root / "ham" / "images", "metadata CSV is not under an import root"),
+        (root / "link.csv", root / "ham" / "images", "metadata CSV is not under an import root"),
+        (csv, root / "images_link", "images folder is not under an import root"),
+        (root / "ham" / "../../private/meta.csv", root / "ham" / "images", "not under an import root"),
+    ]
+    for metadata, images, message in refused:
+        with pytest.raises(ImportFailed, match=message):
+            import_dataset(store, "ham10000", metadata, images, roots=roots)
+    result = import_dataset(store, "ham10000", "ham/meta.csv", "ham/images", roots=roots)  # relative: in the root
+    assert result.imported == 1
+    with pytest.raises(ImportFailed, match="not under an import root"):  # a companion file is confined too
+        import_dataset(
+            store, "scin", FIXTURES / "scin/scin_cases.csv", FIXTURES / "scin", roots=[FIXTURES / "scin"],
+            labels=outside_csv,
+        )  # fmt: skip
+
+
+def test_a_metadata_csv_over_the_cap_is_refused_before_it_is_read(store, tmp_path):
+    csv = _ham_csv(tmp_path / "meta.csv", *(f"ISIC_{i}" for i in range(200)))
+    with pytest.raises(ImportFailed, match="a metadata CSV may have at most 0.001 MB"):
+        import_dataset(store, "ham10000", csv, tmp_path, max_csv_bytes=1_000)
+    from mmcore.importers import preview_import
+
+    with pytest.raises(ImportFailed, match="at most"):
+        preview_import("ham10000", csv, tmp_path, max_csv_bytes=1_000)
+
+
+SECRET = "cookie_secret=s3cr3t"
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_reasons_name_the_column_and_rule_never_the_cell(store, tmp_path, name):
+    """Before: reasons repeated cell values, so a preview of /etc/passwd or secrets.toml came back line by line."""
+    fmt, metadata, images, opts = DATASETS[name]
+    source = FIXTURES / metadata
+    (tmp_path / "meta").mkdir()
+    header, *rows = source.read_text().splitlines()
+    n_columns = len(header.split(","))
+    secret_rows = [",".join(f"{SECRET}{r}{c}" for c in range(n_columns)) for r in range(len(rows))]
+    hostile = tmp_path / "meta" / source.name
+    hostile.write_text("\n".join([header, *rows, *secret_rows]) + "\n")
+    for companion in source.parent.glob("*.csv"):  # derm7pt's index files, SCIN's labels
+        if companion.name != source.name:
+            lines = companion.read_text().splitlines()
+            (tmp_path / "meta" / companion.name).write_text("\n".join([*lines, f"{SECRET}x"]) + "\n")
+    from mmcore.importers import preview_import
+
+    options = {k: v for k, v in opts.items() if k != "source"}
+    preview = preview_import(fmt, hostile, FIXTURES / images, **options)
+    result = import_dataset(store, fmt, hostile, FIXTURES / images, **opts)
+    texts = [r["reason"] for r in preview["rejected"]] + preview["warnings"]
+    texts += [r.reason for r in result.rejected + result.duplicates] + result.warnings
+    assert len(preview["rejected"]) >= len(secret_rows)
+    assert not [t for t in texts if "s3cr3t" in t]
+
+
+def test_a_file_that_is_no_csv_is_refused_without_showing_its_lines(store, tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n")
+    with pytest.raises(ImportFailed) as e:
+        import_dataset(store, "ham10000", passwd, tmp_path)
+    assert "root:x" not in str(e.value) and "1 that do not look like column names" in str(e.value)
+    with pytest.raises(ImportFailed) as e:
+        import_dataset(store, "folder", passwd, tmp_path, columns="image=root:x:0:0:root:/root:/bin/bash,dx=x")
+    assert "/bin/bash" not in str(e.value).replace("--columns", "")
+
+
+def test_case_ids_outside_the_safe_alphabet_are_rejected(store, tmp_path):
+    """Before: a dataset's id became part of case_id as it was, and pages drew it with st.markdown."""
+    photos = tmp_path / "photos"
+    _jpeg(photos / "![x](http:127.0.0.1:9 track.png)")
+    _jpeg(photos / "plain name.jpg", colour=(1, 2, 3))
+    (tmp_path / "labels.csv").write_text("file,diagnosis\n![x](http:127.0.0.1:9 track.png),nv\nplain name.jpg,mel\n")
+    result = import_dataset(store, "folder", tmp_path / "labels.csv", photos, columns="image=file,dx=diagnosis")
+    assert {c.case_id for c in store.cases()} == {"folder:plain name.jpg"}
+    assert rejections(result) == {
+        ("labels.csv", 2, "case_id may hold only letters, digits, space and . _ - + / : (at most 200)")
+    }

@@ -187,3 +187,81 @@ def test_concurrency_limit_queues_jobs(synth_home):
     assert first.status == "running" and second.status == "queued"
     manager.cancel(first.id, "admin", wait=True)
     assert manager.wait(second.id, timeout=120).status == "succeeded"
+
+
+# ---- issue 13: imports as jobs (items 1, 8, 12) and the GPUs of a train job (item 13) ----
+
+
+def _folder_dataset(root):
+    """Under an import root: two photos and a CSV whose third row names a file that is not there, named as clinics
+    name files (a patient's name and record number: PHI that must not reach the job's log)."""
+    from PIL import Image
+
+    photos = root / "clinic" / "photos"
+    photos.mkdir(parents=True)
+    for i, colour in enumerate([(150, 90, 60), (90, 60, 150)]):
+        Image.new("RGB", (24, 16), colour).save(photos / f"p{i}.jpg")
+    (root / "clinic" / "labels.csv").write_text("file,diagnosis\np0.jpg,nv\np1.jpg,mel\nDoe_Jane_MRN12345.jpg,nv\n")
+    return root / "clinic" / "labels.csv", photos
+
+
+def test_import_jobs_read_only_under_the_import_roots(home, monkeypatch, tmp_path):
+    """Before: the admin preview read any server file (/etc/passwd, a secrets.toml) in the app's own process."""
+    from mmcore.jobs import import_job
+
+    root = tmp_path / "imports"
+    monkeypatch.setenv("MMDERM_IMPORT_ROOTS", str(root))
+    labels, photos = _folder_dataset(root)
+    for metadata, images in (("/etc/passwd", str(photos)), (str(labels), "/etc"), (str(labels), str(tmp_path))):
+        with pytest.raises(JobError, match="not under an import root"):
+            import_job("folder", metadata, images, columns="image=file,dx=diagnosis")
+    spec = import_job("folder", "clinic/labels.csv", "clinic/photos", columns="image=file,dx=diagnosis", dry_run=True)
+    assert spec.kind == "import" and "--dry-run" in spec.args and str(labels.resolve()) in spec.args
+    manager = JobManager(load_config("tiny"))
+    job = manager.start(spec, "admin")
+    command = manager._command(job)
+    assert "--confine" in command and command[command.index("--rejections") + 1] == str(job.dir / "rejections.json")
+    manager.wait(job.id, timeout=120)
+
+
+def test_an_import_job_logs_counts_and_rows_and_keeps_the_reasons_for_admins(home, monkeypatch, tmp_path):
+    """Before: the job's log (the Admin log tail) said `Doe_Jane_MRN12345.jpg not found`."""
+    from mmcore.jobs import import_job
+
+    root = tmp_path / "imports"
+    monkeypatch.setenv("MMDERM_IMPORT_ROOTS", str(root))
+    labels, photos = _folder_dataset(root)
+    manager = JobManager(load_config("tiny"))
+    for dry_run in (False, True):
+        options = {"dry_run": True} if dry_run else {}
+        spec = import_job("folder", str(labels), str(photos), columns="image=file,dx=diagnosis", **options)
+        job = manager.wait(manager.start(spec, "dr_admin").id, timeout=120)
+        assert job.status == "succeeded", manager.log_tail(job.id)
+        log = manager.log_tail(job.id, 200)
+        assert "Doe_Jane" not in log and "MRN12345" not in log
+        payload = json.loads([line for line in log.splitlines() if line.startswith("{")][-1])
+        assert payload["rejected"] == [{"file": "labels.csv", "row": 4}]
+        detail = job.dir / "rejections.json"
+        assert detail.stat().st_mode & 0o777 == 0o600
+        report = manager.import_report(job.id)
+        assert [(r["row"], r["reason"]) for r in report["rejected"]] == [(4, "file: image file not found")]
+        assert report.get("imported", 2) == 2 and report.get("candidates", 2) == 2
+    entries = AuditLog(manager.cfg.audit_path).read()
+    imports = [(e["event"], e["user"]) for e in entries if e["event"].startswith("import")]
+    assert imports == [("import", "dr_admin"), ("import_preview", "dr_admin")]  # the job's user, not the OS account
+
+
+def test_a_train_jobs_gpus_come_from_its_validated_config(home):
+    manager = JobManager(load_config("tiny"))
+    row = manager._db.execute(
+        "INSERT INTO jobs (kind, args, user, status, created) VALUES ('train', ?, 'admin', 'failed', ?)",
+        (json.dumps(list(train_job("tiny", {"jobs.gpus": 2}).args)), time.time()),
+    )
+    command = manager._command(manager.get(row.lastrowid))
+    assert command[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=2"]
+    single = train_job("tiny", {"jobs.gpus": 1})
+    row = manager._db.execute(
+        "INSERT INTO jobs (kind, args, user, status, created) VALUES ('train', ?, 'admin', 'failed', ?)",
+        (json.dumps(list(single.args)), time.time()),
+    )
+    assert manager._command(manager.get(row.lastrowid))[1:4] == ["-m", "mmcore", "train"]
