@@ -126,6 +126,7 @@ class _ImageInput:
     size: tuple[int, int]  # of the upload
     display: Image.Image  # at most DISPLAY_SIDE px
     tensor: torch.Tensor  # (1, 3, S, S) normalised, on the model's device
+    warnings: tuple[str, ...] = ()  # what the intake could not honour (an unreadable EXIF orientation)
 
 
 class _LRU:
@@ -204,7 +205,9 @@ class Predictor:
                 # A phone photo decoded at reduced scale, both sides still >= the model's input and half the display
                 # size: a full decode of 2 megapixels cost more than the bar of 1.25x the forward
                 # (bench/predict_overhead.py).
-                load_image(image_bytes, self.cfg.intake.max_bytes, self.cfg.intake.max_pixels, min_side=self._min_side)
+                load_image(
+                    image_bytes, self.cfg.intake.max_bytes, self.cfg.intake.upload_max_pixels, min_side=self._min_side
+                )
             ),
         )
 
@@ -214,7 +217,7 @@ class Predictor:
         # resampling thumbnail of a phone photo costs several (bench/results/predict_overhead.md).
         factor = math.ceil(max(decoded.size) / DISPLAY_SIDE)
         display = decoded.image.reduce(factor) if factor > 1 else decoded.image
-        return _ImageInput(decoded.sha256, decoded.size, display, tensor)
+        return _ImageInput(decoded.sha256, decoded.size, display, tensor, tuple(decoded.warnings))
 
     def _note(self, note: str) -> dict[str, torch.Tensor]:
         key = sha256_text(note)
@@ -306,7 +309,8 @@ class Predictor:
         modality = "fused" if probabilities["fused"] else ("image" if image is not None else "text")
         ranked = sorted(probabilities[modality].items(), key=lambda kv: -kv[1])[: max(1, top_k)]
         top = [ClassScore(dx, DX_NAMES.get(dx, dx), p, MALIGNANCY.get(dx, "indeterminate")) for dx, p in ranked]
-        warnings = check.cautions + self._warnings(probabilities, modality, top, image, note) + warnings
+        intake = list(image.warnings) if image is not None else []
+        warnings = check.cautions + intake + self._warnings(probabilities, modality, top, image, note) + warnings
         if check.in_distribution is None:
             warnings.append(
                 "this model version has no out-of-distribution gate: nothing says whether the inputs "

@@ -22,13 +22,20 @@ st.title("Diagnose")
 predictor = loaders.require_predictor()
 
 image_bytes, note, metadata = case_inputs_ui("diagnose")
-if st.button("Analyse", type="primary", key="diagnose_run", disabled=not (image_bytes or note)):
-    st.session_state["diagnose_request"] = (image_bytes, note, metadata)
-if not (image_bytes or note):
-    st.caption("Add a photo, a note, or both, then press **Analyse**.")
+inputs = (image_bytes, note, metadata)
+# Never disabled: a note typed and not yet committed still counts on the first click (the click commits it).
+if st.button("Analyse", type="primary", key="diagnose_run"):
+    if image_bytes is None and not note:
+        st.warning("Add a photo, a note, or both, then press **Analyse**.")
+    else:
+        st.session_state["diagnose_request"] = inputs
 request = st.session_state.get("diagnose_request")
-if request is None or request != (image_bytes, note, metadata):
+if request is None:
+    st.caption("Add a photo, a note, or both, then press **Analyse**. No photo at hand? Choose **Example**.")
     st.stop()
+if request != inputs:  # results stay, marked, until the user asks again
+    st.info("Inputs changed: press **Analyse** to update. The results below are for the previous inputs.")
+image_bytes, note, metadata = request
 
 # One prediction (and one audit entry) per request: reruns from the explanation widgets reuse it.
 cached = st.session_state.get("diagnose_result")
@@ -44,19 +51,27 @@ else:
 if render_verdict(result.check, key=f"diagnose_show_scores_{result.image_sha256[:12]}_{result.note_sha256[:12]}"):
     render_prediction(result)
 
-st.subheader("Why")
-method, target, opacity = explanation_ui("diagnose", predictor.classes, result.top[0].dx, has_image=bool(image_bytes))
-with st.spinner("Explaining…"):
-    explanation = loaders.safe_call(predictor.explain, image_bytes, note, method=method, target=target)
-if explanation is not None:
-    if image_bytes:
-        render_explanation(explanation, opacity)
-    if note:
-        render_word_attributions(explanation)
-        render_attention(explanation, "diagnose")
+
+@st.fragment
+def why() -> None:
+    """Explanations rerun alone: moving the opacity or choosing a method never predicts or searches again."""
+    st.subheader("Why")
+    has_image = bool(result.image_sha256)
+    method, target, opacity = explanation_ui("diagnose", predictor.classes, result.top[0].dx, has_image=has_image)
+    with st.spinner("Explaining…"):
+        explanation = loaders.safe_call(predictor.explain, image_bytes, note, method=method, target=target)
+    if explanation is not None:
+        if has_image:
+            render_explanation(explanation, opacity)
+        if note:
+            render_word_attributions(explanation)
+            render_attention(explanation, "diagnose")
+
+
+why()
 
 st.subheader("Similar past cases")
-# Like the prediction, one search per request: moving the opacity slider must not embed and search again.
+# Like the prediction, one search per request.
 found = st.session_state.get("diagnose_similar")
 if found is not None and found[0] == (predictor.version, request):
     similar = found[1]
@@ -70,7 +85,7 @@ if similar is not None:
     render_similar_warning(result.check)
     render_similar_strip(similar, "diagnose")
 
-if image_bytes and st.button("Draft a description", key="diagnose_draft"):
+if result.image_sha256 and st.button("Draft a description", key="diagnose_draft"):
     draft = loaders.safe_call(predictor.draft_note, image_bytes, user=user.name)
     if draft:
         st.session_state["diagnose_draft_text"] = draft  # the widget's own state: it survives edits and reruns

@@ -84,6 +84,26 @@ def safe_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return None
 
 
+@st.cache_resource(show_spinner=False)
+def get_examples() -> list[dict[str, Any]]:
+    """The example photos in assets/examples (made by assets/make_examples.py), with their notes and labels."""
+    import json
+    from pathlib import Path
+
+    from mmcore.cases import DX_NAMES
+
+    folder = Path(__file__).resolve().parents[2] / "assets" / "examples"
+    out = []
+    for item in json.loads((folder / "index.json").read_text()):
+        dx, domain = item["dx"], item["domain"]
+        label = f"{DX_NAMES.get(dx, dx)} ({domain})" if dx else "Not a lesion: a page of text"
+        caption = f"SynthDerm drawing: {label}" if dx else "Not a skin lesion: see what the model says"
+        out.append(
+            {"label": label, "caption": caption, "note": item["note"], "bytes": (folder / item["file"]).read_bytes()}
+        )
+    return out
+
+
 def get_evaluations(version: str) -> dict[str, Any]:
     """name ("test_clinical") -> evaluation result of a model version (read fresh: evaluations can be added)."""
     from mmcore.evaluate import read_evaluations

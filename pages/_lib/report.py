@@ -27,56 +27,106 @@ _WORDS = {"image": "image", "text": "note"}
 PAIRING_LABELS = {f"{q}_to_{g}": f"{_WORDS[q]} → {_WORDS[g]}" for q, g in PAIRINGS}
 
 
+# What each number means, in a sentence a clinician can read (shown under the table).
+EXPLAINED = {
+    "accuracy": "share of cases whose top class is the true diagnosis; flattered by the common classes",
+    "balanced acc.": "accuracy averaged over the diagnoses, so a rare melanoma counts as much as a common nevus",
+    "macro-F1": "balance of precision and recall, averaged over the diagnoses",
+    "Cohen's kappa": "agreement with the truth beyond what chance agreement would give (1 perfect, 0 chance)",
+    "AUROC (macro)": "how well the scores rank each diagnosis above the others (0.5 chance, 1 perfect)",
+    "ECE (calibrated)": "how far the scores are from the observed hit rate (0 is perfect): 15 bins, top class",
+}
+NOT_APPLICABLE = "n/a (no pairs)"
+
+
+def _cell(value: Any) -> Any:
+    """A table cell: numbers rounded; a metric that does not apply says so instead of None."""
+    if value is None or (isinstance(value, float) and value != value):
+        return NOT_APPLICABLE
+    return f"{value:.3f}" if isinstance(value, float) else value  # text: a column mixes numbers and "n/a"
+
+
 def metrics_table(result: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for m, label in MODALITIES.items():
         c = result["classification"][m]
-        rows.append({"modality": label, **{name: c.get(key) for key, name in HEADLINE.items()}})
-    return pd.DataFrame(rows).round(3)
+        rows.append({"modality": label, **{name: _cell(c.get(key)) for key, name in HEADLINE.items()}})
+    return pd.DataFrame(rows)
 
 
 def group_table(groups: dict[str, Any], metric: str = "balanced_accuracy") -> pd.DataFrame:
     rows = []
     for group, r in groups.items():
         row = {"group": group, "cases": r["n"]}
-        row.update({MODALITIES[m]: r["classification"][m].get(metric) for m in MODALITIES})
-        row["note → image mAP"] = r["retrieval"]["text_to_image"].get("mAP")
+        row.update({MODALITIES[m]: _cell(r["classification"][m].get(metric)) for m in MODALITIES})
+        row["note → image mAP"] = _cell(r["retrieval"]["text_to_image"].get("mAP"))
         rows.append(row)
-    return pd.DataFrame(rows).round(3)
+    return pd.DataFrame(rows)
+
+
+SPLIT_WORDS = {
+    "test": "held-out **test** cases, never seen in training or model selection: the numbers to trust",
+    "val": "**validation** cases, used to pick the epoch and fit the calibration: optimistic, not the ones to quote",
+    "train": "**training** cases the model learned from: far too optimistic",
+}
 
 
 def render_headline(result: dict[str, Any]) -> None:
     base = result.get("baselines", {})
+    split = SPLIT_WORDS.get(result["split"], result["split"])
     st.markdown(
-        f"**{result['n']} {result['split']} cases**, notes written as `{result['text_strategy']}` "
-        f"(what clinicians type). Chance {base.get('chance', 0):.3f}; always guessing "
-        f"*{DX_NAMES.get(base.get('majority_class'), base.get('majority_class'))}* is right "
+        f"**{result['n']}** {split}; notes written as `{result['text_strategy']}`. Chance {base.get('chance', 0):.3f}; "
+        f"always guessing *{DX_NAMES.get(base.get('majority_class'), base.get('majority_class'))}* is right "
         f"{base.get('majority_rate', 0):.1%} of the time."
     )
-    st.dataframe(metrics_table(result), hide_index=True)
+    st.dataframe(metrics_table(result), hide_index=True, use_container_width=True)
+    with st.expander("What these numbers mean"):
+        st.markdown("\n".join(f"- **{name}**: {text}." for name, text in EXPLAINED.items()))
 
 
 def render_groups(result: dict[str, Any]) -> None:
     c1, c2 = st.columns(2)
     c1.markdown("**Balanced accuracy by acquisition domain**")
-    c1.dataframe(group_table(result["by_domain"]), hide_index=True)
+    c1.dataframe(group_table(result["by_domain"]), hide_index=True, use_container_width=True)
     c2.markdown("**Balanced accuracy by Fitzpatrick skin type**")
-    c2.dataframe(group_table(result["by_fitzpatrick"]), hide_index=True)
+    c2.dataframe(group_table(result["by_fitzpatrick"]), hide_index=True, use_container_width=True)
 
 
 def render_confusion(result: dict[str, Any], modality: str) -> None:
-    matrix = result["classification"][modality]["confusion"]
+    """Rows normalised to the share of each true diagnosis (so the majority class does not swamp the colour scale),
+    the counts on hover and in each cell."""
+    import numpy as np
+
+    counts = np.asarray(result["classification"][modality]["confusion"])
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     names = [DX_NAMES.get(c, c) for c in result["classes"]]
-    fig = go.Figure(go.Heatmap(z=matrix, x=names, y=names, colorscale="Blues", text=matrix, texttemplate="%{text}"))
-    fig.update_layout(
-        height=460,
-        margin=dict(l=10, r=10, t=40, b=10),
-        title=f"Confusion ({MODALITIES[modality]})",
-        xaxis_title="model's top class",
-        yaxis_title="true diagnosis",
-        yaxis=dict(autorange="reversed"),
+    text = [
+        [f"{s:.0%}<br>({int(n)})" if n else "" for s, n in zip(rs, rn, strict=True)]
+        for rs, rn in zip(share, counts, strict=True)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=share.tolist(),
+            x=names,
+            y=names,
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            text=text,
+            texttemplate="%{text}",
+            customdata=counts.tolist(),
+            hovertemplate="true %{y}<br>model %{x}<br>%{z:.0%} of the row (%{customdata} cases)<extra></extra>",
+            colorbar=dict(title="share of row", tickformat=".0%"),
+        )
     )
-    st.plotly_chart(fig, key=f"report_confusion_{modality}")
+    fig.update_layout(
+        height=620,
+        margin=dict(l=10, r=10, t=40, b=10),
+        title=f"Confusion ({MODALITIES[modality]}): share of each true diagnosis",
+        xaxis=dict(title="model's top class", automargin=True, tickangle=-30),
+        yaxis=dict(title="true diagnosis", autorange="reversed", automargin=True),
+    )
+    st.plotly_chart(fig, key=f"report_confusion_{modality}", use_container_width=True)
 
 
 def render_calibration(result: dict[str, Any], modality: str) -> None:
@@ -128,13 +178,17 @@ def render_retrieval(result: dict[str, Any]) -> None:
     rows = [
         {
             "search": label,
-            "mAP": result["retrieval"][key].get("mAP"),
-            **{f"R@{k}": result["retrieval"][key].get(f"R@{k}") for k in (1, 5, 10)},
+            "mAP": _cell(result["retrieval"][key].get("mAP")),
+            **{f"R@{k}": _cell(result["retrieval"][key].get(f"R@{k}")) for k in (1, 5, 10)},
         }
         for key, label in PAIRING_LABELS.items()
     ]
-    st.dataframe(pd.DataFrame(rows).round(3), hide_index=True)
-    st.caption("R@k: how often a case's own pair (its photo for its note, or back) is in the top k.")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+    st.caption(
+        "mAP: how high the cases of the same diagnosis rank, averaged over queries. R@k: how often a case's own "
+        f"pair (its photo for its note, or back) is in the top k; {NOT_APPLICABLE} within one modality, where a "
+        "case has no pair."
+    )
 
 
 def retrieval_chance(result: dict[str, Any]) -> float | None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import streamlit as st
 
 from mmcore import DISCLAIMER
-from pages._lib.auth import User, current_user, login_ui
+from pages._lib.auth import GUEST, User, login_ui, session_user, sign_in_required
 
 PAGES = [
     ("app.py", "Home", "clinician"),
@@ -19,11 +20,15 @@ PAGES = [
 
 
 def page_setup(title: str) -> User:
-    """Every page starts here: config, the research-use banner, sign-in and links by role."""
+    """Every page starts here: config, the research-use banner, sign-in and links by role. When sign-in is required
+    (by default with OIDC), a visitor who is not signed in sees the banner and the sign-in button, nothing else."""
     st.set_page_config(page_title=f"{title} · mmderm", layout="wide")
     render_banner()
-    user = current_user()
+    user = session_user()
     login_ui()
+    if user == GUEST and sign_in_required():
+        st.info("Sign in (in the sidebar) to use mmderm.")
+        st.stop()
     render_nav(user)
     return user
 
@@ -94,19 +99,27 @@ FITZPATRICK_CHOICES = ["unknown", "I", "II", "III", "IV", "V", "VI"]
 
 
 def case_inputs_ui(page: str) -> tuple[bytes | None, str | None, dict[str, Any]]:
-    """Photo (upload or camera), clinical note and optional metadata; returns (image bytes, note, metadata)."""
+    """Photo (upload, camera or one of our examples), clinical note and optional metadata.
+
+    Returns (image bytes, note, metadata); a 0-byte upload comes back as b"" so that the intake says why it cannot
+    be used instead of the page ignoring it.
+    """
     from mmcore.cases import SITES
 
     left, right = st.columns([1, 1])
     with left:
-        source = st.radio("Photo", ["Upload", "Camera"], horizontal=True, key=f"{page}_photo_source")
+        source = st.radio("Photo", ["Upload", "Camera", "Example"], horizontal=True, key=f"{page}_photo_source")
+        image_bytes = None
         if source == "Upload":
             file = st.file_uploader(
                 "Lesion photo (JPEG, PNG or HEIC)", type=["jpg", "jpeg", "png", "heic", "heif"], key=f"{page}_upload"
             )
-        else:
+            image_bytes = file.getvalue() if file is not None else None
+        elif source == "Camera":
             file = st.camera_input("Take a photo of the lesion", key=f"{page}_camera")
-        image_bytes = file.getvalue() if file is not None else None
+            image_bytes = file.getvalue() if file is not None else None
+        else:
+            image_bytes = example_ui(page)
     with right:
         note = (
             st.text_area(
@@ -119,6 +132,10 @@ def case_inputs_ui(page: str) -> tuple[bytes | None, str | None, dict[str, Any]]
             or None
         )
         with st.expander("Patient details (optional)"):
+            st.caption(
+                "The model reads only the photo and the note: these fields change no score. They are checked, "
+                "kept with the request, and warn you when the model saw few training cases like them."
+            )
             c1, c2 = st.columns(2)
             age = c1.number_input("Age", min_value=0, max_value=120, value=None, step=1, key=f"{page}_age")
             sex = c2.selectbox("Sex", SEX_CHOICES, key=f"{page}_sex")
@@ -131,6 +148,23 @@ def case_inputs_ui(page: str) -> tuple[bytes | None, str | None, dict[str, Any]]
         "fitzpatrick": None if fitz == "unknown" else FITZPATRICK_CHOICES.index(fitz),
     }
     return image_bytes, note, {k: v for k, v in metadata.items() if v not in (None, "unknown")}
+
+
+def example_ui(page: str) -> bytes | None:
+    """Our example photos (drawn by our own code): pick one, and its note fills the note box."""
+    from pages._lib.loaders import get_examples
+
+    examples = get_examples()
+    labels = {e["label"]: e for e in examples}
+    chosen = st.selectbox("Example", list(labels), key=f"{page}_example", index=None, placeholder="Choose an example")
+    if chosen is None:
+        return None
+    example = labels[chosen]
+    st.image(example["bytes"], width=220, caption=example["caption"])
+    if st.session_state.get(f"{page}_example_used") != chosen:  # fill the note once, then let the user edit it
+        st.session_state[f"{page}_example_used"] = chosen
+        st.session_state[f"{page}_note"] = example["note"]  # allowed: the note box is drawn after this column
+    return example["bytes"]
 
 
 def explanation_ui(
@@ -188,11 +222,12 @@ def render_prediction(result: Any) -> None:
             )
     fig.update_layout(
         barmode="group",
-        height=320,
-        margin=dict(l=10, r=10, t=30, b=10),
+        height=380,
+        margin=dict(l=10, r=10, t=70, b=10),  # room for the legend above the plot, never over the class names
         yaxis=dict(title="model score", range=[0, 1], tickformat=".0%"),
-        title="Model scores per modality (not probabilities of disease)",
-        legend=dict(orientation="h"),
+        xaxis=dict(automargin=True),
+        title="Model scores per modality (calibrated; not probabilities of disease)",
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
     )
     st.plotly_chart(fig, key=f"scores_{result.image_sha256[:8]}_{result.note_sha256[:8]}")
     st.caption(f"Model `{result.model_version}`. Scores come from a research model trained on research data.")
@@ -235,9 +270,10 @@ def render_word_attributions(explanation: Any) -> None:
             f'<span title="{score:+.2f}" style="background:{colour};padding:1px 3px;border-radius:3px">'
             f"{html.escape(word)}</span>"
         )
-    st.markdown(
-        f"**Which words moved the note's score** (Integrated Gradients; green towards *{explanation.target}*, red away)"
-    )
+    from mmcore.cases import DX_NAMES
+
+    name = DX_NAMES.get(explanation.target, explanation.target)
+    st.markdown(f"**Which words moved the note's score** (Integrated Gradients; green towards *{name}*, red away)")
     st.markdown(" ".join(spans), unsafe_allow_html=True)
 
 
@@ -252,22 +288,27 @@ def render_attention(explanation: Any, page: str) -> None:
         c1, c2 = st.columns(2)
         view = c1.radio("View", ["Rollout (all layers)", "One layer and head"], key=f"{page}_attn_view")
         tokens = explanation.tokens
+        # Keyed by position: a token that occurs twice is two bars (category axes would merge them into one).
+        positions = list(range(len(tokens)))
+        axis = dict(tickmode="array", tickvals=positions, ticktext=tokens, tickangle=-60)
         if view.startswith("Rollout") and explanation.rollout is not None:
-            fig = go.Figure(go.Bar(x=tokens, y=explanation.rollout))
+            fig = go.Figure(go.Bar(x=positions, y=explanation.rollout, hovertext=tokens))
             fig.update_layout(
-                height=260,
+                height=300,
                 margin=dict(l=10, r=10, t=30, b=10),
+                xaxis=axis,
                 title="How much the note's vector draws on each token (attention rollout)",
             )
         else:
             layer = c2.slider("Layer", 1, layers, layers, key=f"{page}_attn_layer")
             head = c2.slider("Head", 1, heads, 1, key=f"{page}_attn_head") if heads > 1 else 1
             matrix = explanation.attentions[layer - 1, head - 1]
-            fig = go.Figure(go.Heatmap(z=matrix, x=tokens, y=tokens, colorscale="Inferno"))
+            fig = go.Figure(go.Heatmap(z=matrix, x=positions, y=positions, colorscale="Inferno"))
             fig.update_layout(
-                height=420,
+                height=460,
                 margin=dict(l=10, r=10, t=30, b=10),
-                yaxis=dict(autorange="reversed"),
+                xaxis=axis,
+                yaxis=dict(autorange="reversed", **{k: v for k, v in axis.items() if k != "tickangle"}),
                 title=f"Layer {layer}, head {head}: rows attend to columns",
             )
         st.plotly_chart(fig, key=f"{page}_attention_chart")
@@ -283,18 +324,26 @@ def render_similar_strip(cases: list[Any], page: str) -> None:
         with cols[i % len(cols)]:
             if case.image_path is not None and case.image_path.exists():
                 st.image(str(case.image_path))
-            st.markdown(f"**{case.name}** · {MALIGNANCY_BADGE.get(case.malignancy, case.malignancy)}")
+            badge = MALIGNANCY_BADGE.get(case.malignancy, plain(case.malignancy))
+            st.markdown(f"**{plain(case.name)}** · {badge}")
             meta = case.metadata
-            details = [f"similarity {case.score:.2f}"]
+            details = [similarity_words(case)]
             if meta.get("age") is not None:
                 details.append(f"{meta['age']:.0f} y")
-            details += [str(meta[k]) for k in ("sex", "site") if meta.get(k) not in (None, "", "unknown")]
+            details += [plain(meta[k]) for k in ("sex", "site") if meta.get(k) not in (None, "", "unknown")]
             if meta.get("domain"):
-                details.append(str(meta["domain"]))
+                details.append(plain(meta["domain"]))
             st.caption(" · ".join(details))
             if st.button("Compare", key=f"{page}_compare_{case.case_id}"):
                 st.session_state["similar_compare"] = case.case_id
                 st.switch_page("pages/2_Similar_cases.py")
+
+
+def similarity_words(case: Any) -> str:
+    """How near a case is, on the library's own scale (the raw cosine sits near 1 for everything, a cat included)."""
+    if case.percentile is None:
+        return f"cosine {case.score:.2f}"
+    return f"nearer than {case.percentile:.0f}% of library neighbours (cosine {case.score:.2f})"
 
 
 def similar_query_ui(page: str) -> tuple[bytes | None, str | None, str, tuple[float, float]]:
@@ -366,13 +415,26 @@ def render_comparison(case: Any, why: Any, image_bytes: bytes | None, note: str 
         if why is not None and why.query_image is not None and why.query_heatmap is not None:
             st.image(overlay(why.query_image, why.query_heatmap, 0.45), caption="what drives the similarity")
         if note:
-            st.caption(note)
+            st.caption(plain(note))
     with right:
-        st.markdown(f"**{case.name}** ({case.case_id}) · similarity {case.score:.2f}")
+        st.markdown(f"**{plain(case.name)}** ({plain(case.case_id)}) · {similarity_words(case)}")
         if why is not None and why.case_image is not None and why.case_heatmap is not None:
             st.image(overlay(why.case_image, why.case_heatmap, 0.45), caption="what drives the similarity")
         elif case.image_path is not None:
             st.image(str(case.image_path))
         st.json({k: v for k, v in case.metadata.items() if v not in (None, "")}, expanded=False)
         for strategy, text in case.notes.items():
-            st.caption(f"{strategy} note: {text}")
+            st.caption(f"{plain(strategy)} note: {plain(text)}")
+
+
+# ---- drawing data as text ----
+
+# ASCII punctuation that markdown, Streamlit's :colour[...] and :material/...: directives, LaTeX or an autolink act on.
+_MARKDOWN_ACTIVE = re.compile(r"""([\\`*_{}\[\]()<>#+\-.!|~$:&=^%"'@/])""")
+
+
+def plain(text: Any) -> str:
+    """Data (a case id, a note, a name, a value from a dataset) made safe to put in st.markdown or st.caption: it
+    reads as the text it is. Every character markdown could act on is backslash-escaped (an id of
+    `![x](http://host/track.png)` made the browser fetch that URL) and line breaks become spaces."""
+    return _MARKDOWN_ACTIVE.sub(r"\\\1", " ".join(str(text).split()))

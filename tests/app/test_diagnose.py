@@ -128,3 +128,40 @@ def test_an_out_of_distribution_photo_is_said_so_first_and_its_scores_wait_to_be
 def test_a_lesion_photo_passes_the_gate(app_env):
     at = _run(lesion_png(size=32), None)
     assert not at.exception and not at.error and len(at.metric) >= 3
+
+
+def test_a_note_alone_works_on_the_first_click_and_an_empty_click_says_what_is_missing(app_env):
+    at = open_page(PAGE)
+    at.button(key="diagnose_run").click().run()
+    assert any("Add a photo, a note, or both" in w.value for w in at.warning) and not at.metric
+    at.text_area(key="diagnose_note").input(NOTE)
+    at.button(key="diagnose_run").click().run()  # the note's value arrives with the click
+    assert not at.exception and len(at.metric) >= 3
+
+
+def test_a_zero_byte_upload_gets_the_intakes_message(app_env):
+    at = _run(b"", None, name="empty.jpg")
+    assert not at.exception
+    assert any("cannot be used" in e.value and "empty" in e.value for e in at.error)
+
+
+def test_results_stay_marked_stale_when_the_inputs_change(app_env):
+    at = _run(lesion_png(size=32), NOTE)
+    scores = [m.value for m in at.metric]
+    at.text_area(key="diagnose_note").input(NOTE + " Itchy.").run()
+    assert any("Inputs changed" in i.value for i in at.info)
+    assert [m.value for m in at.metric] == scores  # the previous results, still shown
+
+
+def test_an_example_fills_the_photo_and_the_note(app_env):
+    at = open_page(PAGE)
+    at.radio(key="diagnose_photo_source").set_value("Example").run()
+    at.selectbox(key="diagnose_example").set_value("melanoma (dermoscopy)").run()
+    assert at.text_area(key="diagnose_note").value.startswith("55 yo M.")
+    at.button(key="diagnose_run").click().run()
+    assert not at.exception and len(at.metric) >= 3
+
+
+def test_the_patient_details_say_the_model_reads_none_of_them(app_env):
+    at = open_page(PAGE)
+    assert any("change no score" in c.value for c in at.caption)
