@@ -377,9 +377,6 @@ def promote(
     process owns the local index. The same function rolls back to an older version.
     """
     from mmcore.audit import AuditLog
-    from mmcore.cases import CaseStore
-    from mmcore.embeddings import embed_cases
-    from mmcore.index import IndexLockedError, get_index
 
     started = time.perf_counter()
 
@@ -394,6 +391,41 @@ def promote(
             f"{version} has no test evaluation, so nobody knows how it scores; evaluate it first "
             f"(python -m mmcore eval --model {version}), or promote it anyway, explicitly (--allow-unevaluated)"
         )
+    embedded, counts = refresh_index(cfg, version, progress=lambda f, text: report(0.98 * f, text), loaded=loaded)
+    _activate(cfg, version)
+    AuditLog(cfg.audit_path).append(
+        "promote",
+        user,
+        model_version=version,
+        previous=previous or "",
+        rollback=bool(previous) and _number(version) < _number(previous),
+        unevaluated=not card.evaluated,
+        indexed_image=counts.get("image", 0),
+        indexed_text=counts.get("text", 0),
+        cases=embedded.cases,
+        without_note=embedded.without_note,
+    )
+    report(1.0, f"{version} is active")
+    return PromoteResult(version, previous, embedded, counts, round(time.perf_counter() - started, 2))
+
+
+def refresh_index(
+    cfg: Config,
+    version: str,
+    progress: Callable[[float, str], None] | None = None,
+    loaded: LoadedModel | None = None,
+) -> tuple[EmbedReport, dict[str, int]]:
+    """Bring a version's case index in line with the case store: embed what is new or changed, then fill the index
+    (what promotion does before it activates; also what accepting a clinician's case does for the active version).
+    PromotionRefused when the index would be empty or another process owns it."""
+    from mmcore.cases import CaseStore
+    from mmcore.embeddings import embed_cases
+    from mmcore.index import IndexLockedError, get_index
+
+    def report(fraction: float, text: str) -> None:
+        if progress is not None:
+            progress(min(1.0, max(0.0, fraction)), text)
+
     report(0.0, f"loading {version}")
     loaded = loaded or load_version(cfg, version)
     cache_dir = cfg.cache_dir if loaded.card.training.finetune == "heads" else None  # frozen towers: cached features
@@ -420,26 +452,12 @@ def promote(
         def indexed(n: int) -> None:
             nonlocal done
             done += n
-            report(0.7 + 0.28 * done / total, f"indexed {done:,} of {total:,} vectors")
+            report(0.7 + 0.3 * done / total, f"indexed {done:,} of {total:,} vectors")
 
         counts = index.build(version, store, progress=indexed)
     if not any(counts.values()):
         raise PromotionRefused(f"the index of {version} came out empty; the active model is unchanged")
-    _activate(cfg, version)
-    AuditLog(cfg.audit_path).append(
-        "promote",
-        user,
-        model_version=version,
-        previous=previous or "",
-        rollback=bool(previous) and _number(version) < _number(previous),
-        unevaluated=not card.evaluated,
-        indexed_image=counts.get("image", 0),
-        indexed_text=counts.get("text", 0),
-        cases=embedded.cases,
-        without_note=embedded.without_note,
-    )
-    report(1.0, f"{version} is active")
-    return PromoteResult(version, previous, embedded, counts, round(time.perf_counter() - started, 2))
+    return embedded, counts
 
 
 def _number(version: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._lib import loaders
+from pages._lib.feedback import render_feedback_form
 from pages._lib.verdict import render_similar_warning, render_verdict
 from pages._lib.widgets import (
     case_inputs_ui,
@@ -93,3 +94,5 @@ if "diagnose_draft_text" in st.session_state:
     st.text_area(
         "Draft (edit before use; written by the model, not a clinician)", key="diagnose_draft_text", height=160
     )
+if result.image_sha256 and result.in_distribution is not False:
+    render_feedback_form(result, image_bytes, note, metadata, user)

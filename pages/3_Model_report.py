@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._lib import loaders
+from pages._lib.feedback import render_agreement
 from pages._lib.report import (
     render_calibration,
     render_confusion,
@@ -44,5 +45,7 @@ with c2:
 render_retrieval(result)
 colour = st.radio("Colour the map by", ["diagnosis", "domain", "modality"], horizontal=True, key="report_colour")
 render_embedding_map(result, colour)
+st.subheader("Clinicians' confirmations")
+render_agreement()
 st.subheader("Model card")
 render_model_card(predictor.card)

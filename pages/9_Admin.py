@@ -1,4 +1,5 @@
-"""Admin: datasets, note synthesis, fine-tuning jobs with live curves, model promotion, index, audit log."""
+"""Admin: datasets, note synthesis, fine-tuning jobs with live curves, model promotion, index, clinicians'
+contributions, audit log."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import streamlit as st
 
 from pages._lib.admin import render_audit, render_data, render_index, render_models, render_notes, render_training
 from pages._lib.auth import require_admin
+from pages._lib.feedback import render_review
 from pages._lib.widgets import page_setup
 
 page_setup("Admin")
 user = require_admin()  # a typed URL shows nothing else to anyone who is not an admin
 st.title("Admin")
-data, notes, training, models, index, audit = st.tabs(["Data", "Notes", "Training", "Models", "Index", "Audit"])
+tabs = st.tabs(["Data", "Notes", "Training", "Models", "Index", "Feedback", "Audit"])
+data, notes, training, models, index, feedback, audit = tabs
 with data:
     render_data(user.name)
 with notes:
@@ -22,5 +25,7 @@ with models:
     render_models(user.name)
 with index:
     render_index(user.name)
+with feedback:
+    render_review(user.name)
 with audit:
     render_audit()

@@ -35,7 +35,7 @@ def test_admin_page_stops_for_everyone_else(app_env):
 def test_admin_trains_watches_and_promotes(app_env_copy):
     at = _as_admin()
     assert not at.exception
-    assert [t.label for t in at.tabs] == ["Data", "Notes", "Training", "Models", "Index", "Audit"]
+    assert [t.label for t in at.tabs] == ["Data", "Notes", "Training", "Models", "Index", "Feedback", "Audit"]
     before = list_versions(load_config("tiny"))
 
     at.selectbox(key="admin_train_preset").set_value("tiny")
