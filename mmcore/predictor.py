@@ -8,12 +8,14 @@ one at a time. Caches are LRUs behind their own locks.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import io
 import math
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,7 @@ from mmcore.devices import resolve_device
 from mmcore.explain_image import IMAGE_METHODS, attribute_image, model_lock, similarity_maps
 from mmcore.explain_text import attention_maps, integrated_gradients_text, merge_word_pieces, pooled_relevance, scaled
 from mmcore.images import DecodedImage, load_image
+from mmcore.lru import LRU
 from mmcore.model import MultimodalModel
 from mmcore.model_card import ModelCard
 from mmcore.ood import OODScorer
@@ -129,34 +132,6 @@ class _ImageInput:
     warnings: tuple[str, ...] = ()  # what the intake could not honour (an unreadable EXIF orientation)
 
 
-class _LRU:
-    """A small least-recently-used map behind a lock."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._data: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> Any | None:
-        with self._lock:
-            if key not in self._data:
-                return None
-            self._data.move_to_end(key)
-            return self._data[key]
-
-    def put(self, key: Hashable, value: Any) -> Any:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-        return value
-
-    def get_or(self, key: Hashable, make: Callable[[], Any]) -> Any:
-        found = self.get(key)
-        return found if found is not None else self.put(key, make())
-
-
 class Predictor:
     """One model version, loaded once; every method is safe to call from many threads at once."""
 
@@ -172,10 +147,11 @@ class Predictor:
         self.classes: tuple[str, ...] = tuple(model.classes)
         self.device = next(model.parameters()).device
         self._transform = model.image_transform()
-        self._images = _LRU(16)
-        self._notes = _LRU(256)
-        self._features = _LRU(64)  # tower features per input: predict, check, similar and the draft share them
-        self._explanations = _LRU(64)
+        self._images = LRU(16)
+        self._notes = LRU(256)
+        self._features = LRU(64)  # tower features per input: predict, check, similar and the draft share them
+        self._durations: dict[tuple[str, bool], float] = {}
+        self._explanations = LRU(64)
         self._explainer: MultimodalModel | None = None
         self._explainer_lock = threading.Lock()
         self._audit = AuditLog(cfg.audit_path)
@@ -386,6 +362,18 @@ class Predictor:
 
     # --- explain ------------------------------------------------------------------------------------------------
 
+    def expected_seconds(self, method: str, with_note: bool) -> float | None:
+        """How long the last explanation by `method` took here (None before the first): what a progress bar shows."""
+        return self._durations.get((method, with_note))
+
+    def warm_up(self) -> None:
+        """Pay the first-call costs (tower forwards, the explainer copy, Captum, the case index) before a user does."""
+        buf = io.BytesIO()
+        Image.new("RGB", (self.model.image_spec.image_size,) * 2, (205, 155, 135)).save(buf, format="PNG")
+        self.explain(buf.getvalue(), "warm-up note", "gradcam")
+        with contextlib.suppress(RetrievalUnavailable):
+            self.similar(buf.getvalue(), None, k=1)
+
     def _explainer_model(self) -> MultimodalModel:
         """A private copy for Captum: its hooks never fire in other sessions' predictions on self.model."""
         with self._explainer_lock:
@@ -400,10 +388,12 @@ class Predictor:
         method: str = "gradcam",
         target: str | int | None = None,
         fused: bool = False,
+        cancel: threading.Event | None = None,
     ) -> Explanation:
         """Why the model scores `target` (None: the predicted class): a heat map by `method` (gradcam, ig,
         smoothgrad, occlusion) on the image, Integrated Gradients and attention on the note. Through each modality's
         own logits, or the fused ones (`fused=True`, both inputs needed). Cached per (version, inputs, method, target).
+        Setting `cancel` stops the computation at its next forward pass (ExplanationCancelled).
         """
         if method not in IMAGE_METHODS:
             raise ValueError(f"unknown explanation method {method!r}; choose one of {', '.join(IMAGE_METHODS)}")
@@ -419,7 +409,8 @@ class Predictor:
         explainer = self._explainer_model()
         tokens = self._note(note) if note is not None else None
         parts: dict[str, Any] = {}
-        with model_lock(explainer):
+        started = time.perf_counter()
+        with model_lock(explainer), _cancellable(explainer, cancel):
             with torch.no_grad():
                 note_features = explainer.text_encoder(**tokens).pooled if fused else None  # (1, F_txt)
                 image_features = explainer.image_encoder(image.tensor) if fused else None  # (1, F_img)
@@ -440,6 +431,7 @@ class Predictor:
                 parts["rollout_words"] = scaled(
                     merge_word_pieces(attribution.tokens[:length], relevance, attribution.real[:length])
                 )
+        self._durations[(method, note is not None)] = time.perf_counter() - started
         explanation = Explanation(
             method=method,
             target=self.classes[index],
@@ -546,6 +538,29 @@ class Predictor:
         text = draft_description(self, image_bytes, user=user)
         self._audit.append("draft", user, model_version=self.version, image_sha256=self.image_input(image_bytes).sha256)
         return text
+
+
+class ExplanationCancelled(RuntimeError):
+    """The caller asked for another explanation before this one finished."""
+
+
+@contextlib.contextmanager
+def _cancellable(model: MultimodalModel, cancel: threading.Event | None) -> Iterator[None]:
+    """Stop a long attribution at its next forward pass once `cancel` is set (Captum has no cancel of its own)."""
+    if cancel is None:
+        yield
+        return
+
+    def check(module: torch.nn.Module, args: Any) -> None:
+        if cancel.is_set():
+            raise ExplanationCancelled("another explanation was asked for")
+
+    handles = [tower.register_forward_pre_hook(check) for tower in (model.image_encoder, model.text_encoder)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from pages._lib.feedback import render_feedback_form
 from pages._lib.verdict import render_similar_warning, render_verdict
 from pages._lib.widgets import (
     case_inputs_ui,
+    explain_with_progress,
     explanation_ui,
     page_setup,
     render_attention,
@@ -53,14 +54,20 @@ if render_verdict(result.check, key=f"diagnose_show_scores_{result.image_sha256[
     render_prediction(result)
 
 
+# The similar-case search starts now, beside the explanation, and is collected below (one search per request).
+if st.session_state.get("diagnose_similar", (None,))[0] != (predictor.version, request):
+    future = loaders.get_executor().submit(predictor.similar, image_bytes, note, k=8)
+    st.session_state["diagnose_similar"] = ((predictor.version, request), future)
+
+
 @st.fragment
 def why() -> None:
-    """Explanations rerun alone: moving the opacity or choosing a method never predicts or searches again."""
+    """Explanations rerun alone: moving the opacity or choosing a method never predicts or searches again. A slow
+    method shows a progress bar against its last measured time; choosing another one cancels it."""
     st.subheader("Why")
     has_image = bool(result.image_sha256)
     method, target, opacity = explanation_ui("diagnose", predictor.classes, result.top[0].dx, has_image=has_image)
-    with st.spinner("Explaining…"):
-        explanation = loaders.safe_call(predictor.explain, image_bytes, note, method=method, target=target)
+    explanation = explain_with_progress(predictor, image_bytes, note, method, target, key="diagnose")
     if explanation is not None:
         if has_image:
             render_explanation(explanation, opacity)
@@ -72,15 +79,7 @@ def why() -> None:
 why()
 
 st.subheader("Similar past cases")
-# Like the prediction, one search per request.
-found = st.session_state.get("diagnose_similar")
-if found is not None and found[0] == (predictor.version, request):
-    similar = found[1]
-else:
-    with st.spinner("Searching the case library…"):
-        similar = loaders.safe_call(predictor.similar, image_bytes, note, k=8)
-    if similar is not None:
-        st.session_state["diagnose_similar"] = ((predictor.version, request), similar)
+similar = loaders.safe_call(st.session_state["diagnose_similar"][1].result)
 if similar is not None:
     st.session_state["similar_last_query"] = (image_bytes, note)  # the comparison on Similar cases reuses it
     render_similar_warning(result.check)

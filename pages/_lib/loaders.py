@@ -32,10 +32,33 @@ def active_version() -> str | None:
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=3)
 def get_predictor(version: str) -> Any:
-    """One Predictor per model version, shared by every session (it serialises what must be serialised)."""
+    """One Predictor per model version, shared by every session (it serialises what must be serialised). Its
+    first-call costs (Captum, the explainer copy, the case index) are paid in the background right away, so the first
+    Analyse does not wait for them."""
+    import threading
+
     from mmcore.predictor import Predictor
 
-    return Predictor.from_config(get_config(), version=version)
+    predictor = Predictor.from_config(get_config(), version=version)
+    threading.Thread(target=_warm, args=(predictor,), name="mmderm-warm-up", daemon=True).start()
+    return predictor
+
+
+def _warm(predictor: Any) -> None:
+    try:
+        predictor.warm_up()
+    except Exception:  # noqa: BLE001 - a failed warm-up only means the first request pays; the log says why
+        import logging
+
+        logging.getLogger("mmderm").exception("warm-up failed")
+
+
+@st.cache_resource(show_spinner=False)
+def get_executor() -> Any:
+    """Threads for work a page starts and collects later in the same run (similar cases beside the explanation)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="mmderm-page")
 
 
 def get_active_predictor() -> Any | None:

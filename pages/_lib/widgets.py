@@ -233,6 +233,49 @@ def render_prediction(result: Any) -> None:
     st.caption(f"Model `{result.model_version}`. Scores come from a research model trained on research data.")
 
 
+def explain_with_progress(
+    predictor: Any, image_bytes: bytes | None, note: str | None, method: str, target: str, key: str
+) -> Any | None:
+    """The explanation, computed in a worker thread while a progress bar runs against the last time this method took
+    here; a method chosen meanwhile reruns the caller, and the running one is cancelled (mmcore stops it)."""
+    import threading
+    import time
+
+    from pages._lib import loaders
+
+    running = st.session_state.get(f"{key}_explaining")
+    if running is not None:
+        running.set()  # whatever was computing before this rerun is no longer wanted
+    cancel = threading.Event()
+    st.session_state[f"{key}_explaining"] = cancel
+    future = loaders.get_executor().submit(
+        predictor.explain, image_bytes, note, method=method, target=target, cancel=cancel
+    )
+    expected = predictor.expected_seconds(method, with_note=bool(note))
+    label = METHOD_LABELS.get(method, method)
+    bar = None
+    started = time.perf_counter()
+    while not future.done():
+        elapsed = time.perf_counter() - started
+        if bar is None and elapsed > 0.3:  # only a wait a user notices gets a bar
+            bar = st.progress(0.0, text=f"{label}…")
+        if bar is not None:
+            if expected:
+                bar.progress(
+                    min(0.99, elapsed / expected), text=f"{label}: about {max(0.0, expected - elapsed):.0f} s left"
+                )
+            else:
+                bar.progress(
+                    min(0.9, elapsed / (elapsed + 5)), text=f"{label}: {elapsed:.0f} s (first run of this method)"
+                )
+        time.sleep(0.15)
+    if bar is not None:
+        bar.empty()
+    if st.session_state.get(f"{key}_explaining") is cancel:
+        st.session_state.pop(f"{key}_explaining")
+    return loaders.safe_call(future.result)
+
+
 def render_explanation(explanation: Any, opacity: float) -> None:
     """The photo beside its saliency overlay, with a colour bar."""
     if explanation.image is None:

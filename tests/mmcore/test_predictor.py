@@ -19,11 +19,11 @@ from mmcore.commands import main
 from mmcore.config import load_config
 from mmcore.images import CorruptImage, EmptyImage, ImageRejected, UnsupportedFormat
 from mmcore.index import close_indexes
+from mmcore.lru import LRU
 from mmcore.model import MultimodalModel, build_model
 from mmcore.model_card import DataSummary, ModelCard, TrainingData
 from mmcore.model_store import promote, save_version
 from mmcore.predictor import (
-    _LRU,
     ClassScore,
     Explanation,
     Prediction,
@@ -221,7 +221,7 @@ def test_explain_gives_a_heat_map_words_and_attention(served):
 def test_8_threads_x_25_explanations_on_one_predictor_give_no_errors(served):
     predictor, cfg, _ = served
     shared = Predictor(predictor.model, cfg, predictor.version, predictor.card)
-    shared._explanations = _LRU(0)  # no cache: every call really runs Captum
+    shared._explanations = LRU(0)  # no cache: every call really runs Captum
     photos = [_photo(10 + i) for i in range(3)]
     reference = {(i, t): shared.explain(photos[i], None, "gradcam", t).heatmap for i in range(3) for t in (0, 4)}
     errors, results = [], []
@@ -378,3 +378,19 @@ def test_scores_are_calibrated_with_the_versions_temperature(served):
     logits = np.log([p[c] for c in predictor.classes])  # log-softmax, up to a constant
     expected = np.exp(logits / 3.0) / np.exp(logits / 3.0).sum()
     np.testing.assert_allclose([q[c] for c in predictor.classes], expected, atol=1e-6)
+
+
+def test_a_long_explanation_stops_when_another_is_asked_for(served):
+    import threading
+
+    from mmcore.predictor import ExplanationCancelled
+
+    predictor, _, _ = served
+    cancel = threading.Event()
+    cancel.set()  # asked for another method before this one's first forward pass
+    with pytest.raises(ExplanationCancelled):
+        predictor.explain(_photo(9), None, method="occlusion", cancel=cancel)
+    done = predictor.explain(_photo(9), None, method="occlusion", cancel=threading.Event())
+    assert done.heatmap is not None and predictor.expected_seconds("occlusion", with_note=False) > 0
+    predictor.warm_up()  # first-call costs paid ahead, nothing audited
+    assert not [e for e in AuditLog(predictor.cfg.audit_path).read() if e.get("image_sha256") == "warm"]
