@@ -11,7 +11,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -162,15 +162,15 @@ class _Snapshot:
     columns: dict[str, np.ndarray]  # field -> (N,): float64 for numbers (NaN unknown), else int32 codes (-1 unknown)
     vocab: dict[str, dict[str, int]]  # text field -> value -> code
     checked_at: float
-    reference: np.ndarray | None = None  # sorted similarities of library cases to their nearest neighbours
+    # query kind ("image", "text", "both") -> sorted similarities of library queries of that kind to their nearest
+    # other cases in this collection: what "near" means here (a note is never as close to a photo as a photo)
+    references: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def percentiles(self, sims: np.ndarray) -> np.ndarray:
+    def percentiles(self, sims: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """Where similarities fall among the library's own neighbour similarities, in percent."""
-        if self.reference is None:
-            self.reference = neighbour_similarities(self.vectors)
-        if not len(self.reference):
+        if not len(reference):
             return np.full(len(sims), np.nan)
-        return 100.0 * np.searchsorted(self.reference, sims, side="right") / len(self.reference)
+        return 100.0 * np.searchsorted(reference, sims, side="right") / len(reference)
 
     @classmethod
     def load(cls, collection: Any) -> _Snapshot:
@@ -426,14 +426,19 @@ class CaseIndex:
         modality: str = "image",
         k: int = 10,
         where: Mapping[str, Any] | None = None,
+        query_kind: str | None = None,
     ) -> list[Hit]:
-        """The k cases of `modality`'s collection nearest one query vector (D,), best first (`where`: parse_filters)."""
+        """The k cases of `modality`'s collection nearest one query vector (D,), best first (`where`: parse_filters).
+
+        query_kind: what the vector is ("image", "text" or "both"; default `modality`), so that each hit's percentile
+        is measured against library queries of the same kind.
+        """
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         q = normalise(vector)
         conditions = parse_filters(where)
         if self.search_mode == "exact":
-            return self._query_exact(version, modality, q, k, conditions)
+            return self._query_exact(version, modality, q, k, conditions, query_kind or modality)
         try:
             return self._query_hnsw(self._collection(version, modality), q, k, conditions)
         except NotFoundError:  # another replica rebuilt it under us: look it up again once
@@ -454,7 +459,13 @@ class CaseIndex:
         return [_hit(ids[i], float(s), metadatas[i]) for i, s in zip(order, sims, strict=True)]
 
     def _query_exact(
-        self, version: str, modality: str, q: np.ndarray, k: int, conditions: Sequence[Condition]
+        self,
+        version: str,
+        modality: str,
+        q: np.ndarray,
+        k: int,
+        conditions: Sequence[Condition],
+        query_kind: str = "",
     ) -> list[Hit]:
         snap = self._snapshot(version, modality)
         if not snap.ids:
@@ -464,10 +475,26 @@ class CaseIndex:
         order, sims = exact_search(
             q, snap.vectors, k, filter_mask(conditions, snap.columns, snap.vocab) if conditions else None
         )
-        ranks = snap.percentiles(sims)
+        ranks = snap.percentiles(sims, self._reference(version, modality, query_kind or modality, snap))
         return [
             _hit(snap.ids[i], float(s), snap.metadatas[i], float(r)) for i, s, r in zip(order, sims, ranks, strict=True)
         ]
+
+    def _reference(self, version: str, modality: str, query_kind: str, snap: _Snapshot) -> np.ndarray:
+        """Library neighbour similarities of queries of `query_kind` in this collection (once per snapshot)."""
+        if query_kind not in snap.references:
+            if query_kind == modality:
+                snap.references[query_kind] = neighbour_similarities(snap.vectors)
+            else:  # the library's own notes (or photo + note) against this collection, each case's own pair left out
+                other = self._snapshot(version, "text" if modality == "image" else "image")
+                rows = {case_id: i for i, case_id in enumerate(other.ids)}
+                pairs = [(i, rows[case_id]) for i, case_id in enumerate(snap.ids) if case_id in rows]
+                mine, theirs = (np.array(p, dtype=np.intp) for p in zip(*pairs, strict=True)) if pairs else ([], [])
+                queries = other.vectors[theirs]
+                if query_kind == "both":
+                    queries = normalise(queries + snap.vectors[mine])
+                snap.references[query_kind] = neighbour_similarities(snap.vectors, queries=queries, own=mine)
+        return snap.references[query_kind]
 
     def _snapshot(self, version: str, modality: str) -> _Snapshot:
         name = collection_name(version, modality)
@@ -517,15 +544,28 @@ def _hit(case_id: str, score: float, metadata: Mapping[str, Any] | None, percent
     return Hit(case_id, score, 1.0 - score, {f: meta.get(f) for f in METADATA_FIELDS}, rank)
 
 
-def neighbour_similarities(vectors: np.ndarray, k: int = 8, sample: int = 1000, seed: int = 0) -> np.ndarray:
-    """Sorted cosine similarities of up to `sample` library cases to their k nearest other cases: what "near" means
-    in this library (a hit's percentile is measured against it)."""
-    n = len(vectors)
-    if n < 2:
+def neighbour_similarities(
+    vectors: np.ndarray,
+    k: int = 8,
+    sample: int = 1000,
+    seed: int = 0,
+    queries: np.ndarray | None = None,
+    own: np.ndarray | None = None,
+) -> np.ndarray:
+    """Sorted cosine similarities of up to `sample` library queries to their k nearest other cases in `vectors`: what
+    "near" means in this library (a hit's percentile is measured against it).
+
+    queries: (M, D) query vectors of library cases (default: `vectors` themselves); own: (M,) each query's own row in
+    `vectors`, left out like a case is not its own neighbour.
+    """
+    if queries is None:
+        queries, own = vectors, np.arange(len(vectors))
+    n, m = len(vectors), len(queries)
+    if n < 2 or m == 0:
         return np.zeros(0, dtype=np.float32)
-    rows = np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False)
-    sims = vectors[rows] @ vectors.T  # (S, N)
-    sims[np.arange(len(rows)), rows] = -np.inf  # a case is not its own neighbour
+    rows = np.random.default_rng(seed).choice(m, size=min(sample, m), replace=False)
+    sims = queries[rows] @ vectors.T  # (S, N)
+    sims[np.arange(len(rows)), np.asarray(own)[rows]] = -np.inf  # a case is not its own neighbour
     kk = min(k, n - 1)
     top = np.partition(sims, -kk, axis=1)[:, -kk:]  # (S, kk)
     return np.sort(top.ravel())
@@ -555,7 +595,13 @@ def close_indexes() -> None:
 
 
 def query(
-    cfg: Config, version: str, modality: str, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None
+    cfg: Config,
+    version: str,
+    modality: str,
+    vector: np.ndarray,
+    k: int = 10,
+    where: Mapping[str, Any] | None = None,
+    query_kind: str | None = None,
 ) -> list[Hit]:
     """The k cases nearest `vector` in a version's `modality` collection, on this process's index."""
-    return get_index(cfg).search(version, vector, modality=modality, k=k, where=where)
+    return get_index(cfg).search(version, vector, modality=modality, k=k, where=where, query_kind=query_kind)

@@ -478,8 +478,17 @@ class Predictor:
             where = where.to_dict() or None
         vectors = self.embed(image_bytes, note)
         query = index.combine_queries(vectors.get("image"), vectors.get("text"), w_image / (w_image + w_text))
+        kinds = [m for m, w in (("image", w_image), ("text", w_text)) if m in vectors and w > 0]
         try:
-            hits = index.query(self.cfg, self.version, modality, query, k=k, where=where)
+            hits = index.query(
+                self.cfg,
+                self.version,
+                modality,
+                query,
+                k=k,
+                where=where,
+                query_kind=kinds[0] if len(kinds) == 1 else "both",
+            )
         except (index.IndexNotBuiltError, index.IndexLockedError, ConnectionError) as e:
             raise RetrievalUnavailable(f"Similar cases are not available: {str(e).splitlines()[0]}") from None
         store = self._store_handle()

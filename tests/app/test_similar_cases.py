@@ -20,7 +20,9 @@ def test_text_query_finds_images(app_env):
     assert not at.exception
     compare = [b for b in at.button if b.key and b.key.startswith("similar_compare_")]
     assert compare, "a note alone found no images"
-    assert "similarity" in _captions(at)
+    captions = _captions(at)
+    assert "of library neighbours (cosine" in captions  # near and far on the library's own scale
+    assert "nearer than 0% of library neighbours" not in captions  # a note is measured against library notes
 
 
 def test_filter_returns_only_matching_cases(app_env):

@@ -248,7 +248,7 @@ def test_the_process_index_serves_the_predictor(library, tmp_path):
     try:
         target = library["cases"][5]
         hits = query(cfg, "v1", "text", library["text"][5], k=3, where={"dx": {"$in": [target.dx]}})
-        assert hits[0][0] == target.case_id and hits[0][1] == pytest.approx(1.0, abs=1e-5) and len(hits) == 3
+        assert hits[0].case_id == target.case_id and hits[0].score == pytest.approx(1.0, abs=1e-5) and len(hits) == 3
         assert get_index(cfg) is get_index(cfg)
         with pytest.raises(IndexLockedError):
             CaseIndex.from_config(cfg)
@@ -359,3 +359,21 @@ def test_hits_carry_their_percentile_among_the_librarys_own_neighbours(library):
     assert far.percentile < own.percentile and len(reference) == 8 * min(1000, N)
     # what the raw cosine hides: in this library, a cosine of 0.2 is about as far as neighbours ever get
     assert 100 * np.searchsorted(reference, 0.2) / len(reference) < 5
+
+
+def test_a_note_query_is_measured_against_the_librarys_own_notes(library):
+    """A note is never as close to a photo as a photo is: its percentile compares it with library notes."""
+    from mmcore.index import neighbour_similarities
+
+    with CaseIndex(library["home"] / "pct-cross") as index, CaseStore(library["home"]) as store:
+        index.build("v1", store)
+        note = index.search("v1", library["text"][3], modality="image", k=1, query_kind="text")[0]
+        photo = index.search("v1", library["text"][3], modality="image", k=1)[0]  # the same vector, as if a photo
+    cross = neighbour_similarities(library["image"], queries=library["text"], own=np.arange(N))
+    same = neighbour_similarities(library["image"])
+    assert note.percentile == pytest.approx(
+        100 * np.searchsorted(cross, note.score, side="right") / len(cross), abs=0.05
+    )
+    assert photo.percentile == pytest.approx(
+        100 * np.searchsorted(same, photo.score, side="right") / len(same), abs=0.05
+    )
