@@ -130,3 +130,12 @@ def test_every_module_has_its_test_file():
     names = {p.stem for p in (ROOT / "mmcore").glob("*.py") if p.stem not in ("__init__", "__main__")}
     names |= {p.name for p in (ROOT / "mmcore").iterdir() if (p / "__init__.py").is_file() and p.name != "configs"}
     assert sorted(names - tested) == []
+
+
+def test_test_file_basenames_are_unique():
+    """pytest imports test files by basename (rootdir import mode, no __init__.py): two test_x.py in different
+    folders stop collection with "import file mismatch" (it stopped CI once)."""
+    seen: dict[str, list[str]] = {}
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        seen.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}
