@@ -149,6 +149,15 @@ class JobManager:
             text = f.read().decode(errors="replace")
         return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
 
+    def failure_reason(self, job_id: int) -> str:
+        """Why a job failed, in its command's own words: the last `error: ...` line of its log (the one line the CLI
+        prints for unusable input, never a traceback), else what the supervisor recorded ("exit code 2")."""
+        job = self.get(job_id)
+        for line in reversed(self.log_tail(job_id, 200).splitlines()):
+            if line.startswith("error: "):
+                return line.removeprefix("error: ").strip()
+        return job.error
+
     def import_report(self, job_id: int) -> dict[str, Any] | None:
         """An import job's detail (every rejected row with its reason), from the owner-only rejections file in the
         job's folder; None until the job wrote it. For admins: the job's log holds only counts and row numbers."""

@@ -7,6 +7,9 @@ offers and every change it makes comes from mmcore, which also writes the audit 
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -16,6 +19,7 @@ from pages._lib import loaders
 from pages._lib.auth import current_user
 from pages._lib.widgets import plain
 
+REFRESH_S = 2  # seconds between redraws of the live views (job table and watcher, model versions, import result)
 STATUS_ICON = {"queued": "…", "running": "▶", "cancelling": "■", "succeeded": "✓", "failed": "✗", "cancelled": "■"}
 
 
@@ -28,8 +32,7 @@ def start_job(build: Any, user: str, *args: Any, **kwargs: Any) -> Any | None:
     except JobError as e:
         st.error(str(e))
         return None
-    st.session_state["admin_watch_job"] = job.id
-    st.session_state["admin_watch_select"] = job.id  # the watcher below switches to the new job
+    st.session_state["admin_watch_job"] = job.id  # the Training tab's watcher switches to the new job
     st.success(f"Started job {job.id} ({job.kind}).")
     return job
 
@@ -101,7 +104,7 @@ def render_import_preview(fmt: str, metadata: str, images: str, columns: str, us
         st.session_state["admin_import_job"] = job.id
 
 
-@st.fragment(run_every=2)
+@st.fragment(run_every=REFRESH_S)
 def render_import_job(job_id: int) -> None:
     """The last import or preview started here: status, then its counts and each rejected row with the column and
     rule it broke (the job's owner-only rejections file; the job's log has only row numbers)."""
@@ -115,8 +118,9 @@ def render_import_job(job_id: int) -> None:
         st.info(f"{what} (job {job.id}) is {job.status}…")
         return
     report = jobs.import_report(job.id)
-    if report is None:
-        st.error(f"{what} (job {job.id}) {job.status}: {job.error or 'no result'}. See its log on the Training tab.")
+    if report is None:  # it stopped before reading a row: its reason, here where Import was pressed
+        reason = jobs.failure_reason(job.id) or "it stopped without a result"
+        st.error(f"{what} (job {job.id}) {job.status}: {plain(reason)}. Nothing was stored.")
         return
     rejected = report.get("rejected") or []
     if report.get("dry_run"):
@@ -228,7 +232,19 @@ def render_training(user: str) -> None:
     submitted = training_form_ui()
     if submitted is not None:
         start_job(train_job, user, *submitted)
+    render_jobs(user)
+
+
+@st.fragment(run_every=REFRESH_S)
+def render_jobs(user: str) -> None:
+    """The job table and the watched job, redrawn together every REFRESH_S seconds: the table's status never lags
+    the watcher's (they were drawn apart, and the table only moved when the whole page reran)."""
+    if not current_user().is_admin:  # signed out since: this fragment must not answer any more
+        return
     jobs = loaders.get_jobs()
+    jobs.reap()
+    if "admin_jobs_error" in st.session_state:
+        st.error(st.session_state.pop("admin_jobs_error"))
     recent = jobs.list(limit=20)
     if not recent:
         st.caption("No jobs yet.")
@@ -247,35 +263,43 @@ def render_training(user: str) -> None:
     )
     st.dataframe(table, hide_index=True)
     ids = [j.id for j in recent]
-    watched = st.session_state.get("admin_watch_job", ids[0])
-    job_id = st.selectbox("Watch job", ids, index=ids.index(watched) if watched in ids else 0, key="admin_watch_select")
-    render_job(job_id, user)
+    # A job started or resumed since is watched next; the widget's own value is set before the widget is drawn.
+    watched = st.session_state.pop("admin_watch_job", None)
+    if watched in ids:
+        st.session_state["admin_watch_select"] = watched
+    elif st.session_state.get("admin_watch_select") not in ids:
+        st.session_state["admin_watch_select"] = ids[0]
+    job_id = st.selectbox("Watch job", ids, key="admin_watch_select")
+    render_job(jobs.get(job_id), user)
 
 
-@st.fragment(run_every=2)
-def render_job(job_id: int, user: str) -> None:
-    """Live status, loss and metric curves, log tail, cancel and resume for one job (refreshes every 2 s)."""
+def resume_job(job_id: int, user: str) -> None:
+    """The Resume button's callback: it runs before the view redraws, so the table and the watcher show the new job."""
+    from mmcore.jobs import JobError
+
+    if not current_user().is_admin:  # a click that arrives after the session signed out acts for no one
+        return
+    try:
+        st.session_state["admin_watch_job"] = loaders.get_jobs().resume(job_id, user=user).id
+    except JobError as e:
+        st.session_state["admin_jobs_error"] = str(e)
+
+
+def render_job(job: Any, user: str) -> None:
+    """Status, loss and metric curves, log tail, cancel and resume for one job (inside render_jobs' refresh)."""
     import plotly.graph_objects as go
 
-    if not current_user().is_admin:  # signed out since: the watcher must not act for anyone any more
-        return
     jobs = loaders.get_jobs()
-    jobs.reap()
-    job = jobs.get(job_id)
     c1, c2, c3 = st.columns([2, 1, 1])
+    reason = jobs.failure_reason(job.id) if job.status == "failed" else job.error  # the command's own words
     c1.markdown(
         f"**Job {job.id}** · {job.kind} · {STATUS_ICON.get(job.status, '')} **{job.status}**"
-        + (f" · {job.error}" if job.error else "")
+        + (f" · {plain(reason)}" if reason else "")
     )
     if job.status == "running" and c2.button("Cancel", key=f"admin_cancel_{job.id}"):
         jobs.cancel(job.id, user)
-    if (
-        job.kind == "train"
-        and job.status in ("failed", "cancelled")
-        and c3.button("Resume", key=f"admin_resume_{job.id}")
-    ):
-        resumed = jobs.resume(job.id, user=user)
-        st.session_state["admin_watch_job"] = resumed.id
+    if job.kind == "train" and job.status in ("failed", "cancelled"):
+        c3.button("Resume", key=f"admin_resume_{job.id}", on_click=resume_job, args=(job.id, user))
     metrics = jobs.metrics(job.id)
     if metrics:
         frame = pd.DataFrame(metrics)
@@ -303,9 +327,19 @@ def render_job(job_id: int, user: str) -> None:
 # ---- models ----
 
 
+@st.fragment(run_every=REFRESH_S)
 def render_models(user: str) -> None:
+    """The versions, redrawn every REFRESH_S seconds (a version a training job registers appears by itself), the
+    model cards side by side, and promotion: asked for, confirmed, then run with its progress."""
     from mmcore.model_store import ModelStoreError, active_version, list_versions, read_card
 
+    if not current_user().is_admin:  # signed out since: this fragment must not act for anyone any more
+        return
+    confirmed = st.session_state.pop("admin_promote_go", None)
+    if confirmed:  # the admin said yes (a callback): promote first, so the table below shows the outcome
+        st.session_state["admin_promote_outcome"] = promote(
+            confirmed["version"], user, allow_unevaluated=confirmed["override"]
+        )
     cfg = loaders.get_config()
     versions = list_versions(cfg)
     if not versions:
@@ -331,7 +365,7 @@ def render_models(user: str) -> None:
                 "what trained": card.training.finetune,
                 "image encoder": card.encoders["image"].name if "image" in card.encoders else "?",
                 "text encoder": card.encoders["text"].name if "text" in card.encoders else "?",
-                "test balanced acc. (fused)": fused.balanced_accuracy if fused else None,
+                "test balanced acc. (fused)": f"{fused.balanced_accuracy:.3f}" if fused else "n/a (not evaluated)",
                 "evaluated": "yes" if card.evaluated else "NO",
             }
         )
@@ -342,46 +376,149 @@ def render_models(user: str) -> None:
         for col, v in zip(cols, chosen, strict=True):
             col.markdown(f"**{v}**")
             col.json(cards[v].to_dict(), expanded=False)
+    render_promotion(cards, active, user)
+
+
+def render_promotion(cards: dict[str, Any], active: str | None, user: str) -> None:
+    """Choose a version, confirm, promote. A version without a test evaluation is refused unless the admin ticks the
+    override (mmcore's allow_unevaluated, which its audit entry records)."""
     c1, c2 = st.columns(2)
     target = c1.selectbox("Version", list(reversed(list(cards))), key="admin_promote_version")
     if target is None:
         return
-    label = "Roll back to" if active and versions.index(target) < versions.index(active) else "Promote"
+    order = list(cards)
+    label = "Roll back to" if active in order and order.index(target) < order.index(active) else "Promote"
+    evaluated = cards[target].evaluated
     override = False
-    if not cards[target].evaluated:
+    if not evaluated:
         c2.warning(f"{target} has no test evaluation: nobody has measured how it scores.")
         override = c2.checkbox("Promote it anyway (recorded in the audit log)", key="admin_promote_override")
-    if c1.button(f"{label} {target}", key="admin_promote", disabled=target == active):
-        promote(target, user, allow_unevaluated=override)
+    c1.button(
+        f"{label} {target}",
+        key="admin_promote",
+        disabled=target == active or (not evaluated and not override),
+        help="Refused without a test evaluation unless you tick the override." if not evaluated else None,
+        on_click=_ask_promotion,
+        args=({"version": target, "override": override},),
+    )
+    pending = st.session_state.get("admin_promote_pending")
+    if pending == {"version": target, "override": override}:
+        render_promotion_confirm(target, label, active, evaluated)
+    elif pending:  # the choice changed after the question was asked: ask again
+        st.session_state.pop("admin_promote_pending", None)
+    outcome = st.session_state.get("admin_promote_outcome")
+    if outcome:  # kept across the view's refreshes until the next promotion is asked for
+        (st.success if outcome["ok"] else st.error)(outcome["text"])
 
 
-def promote(version: str, user: str, allow_unevaluated: bool = False) -> None:
-    """mmcore's one promotion: every case embedded and indexed, then the version goes active (and is audited)."""
+def _ask_promotion(choice: dict[str, Any]) -> None:
+    st.session_state["admin_promote_pending"] = choice
+    st.session_state.pop("admin_promote_outcome", None)
+
+
+def _answer_promotion(yes: bool) -> None:
+    """The question's buttons (callbacks, so the view redraws once, already knowing the answer)."""
+    choice = st.session_state.pop("admin_promote_pending", None)
+    if yes and choice:
+        st.session_state["admin_promote_go"] = choice
+
+
+def render_promotion_confirm(target: str, label: str, active: str | None, evaluated: bool) -> None:
+    """The question before a promotion: what changes for whom, and what it will cost."""
+    cases = loaders.get_store().count()
+    instead = f", in place of `{active}`" if active else ""
+    what = f"**{label} {target}?** Every page then uses it for every user{instead}"
+    what += f". All {cases:,} cases are embedded and indexed first; until then `{active or 'nothing'}` stays active."
+    if not evaluated:
+        what += f" **{target} has no test evaluation**: the audit log records that you promoted it anyway."
+    st.warning(what)
+    b1, b2 = st.columns([1, 4])
+    b1.button(
+        f"Yes, {label.lower()} {target}",
+        key="admin_promote_confirm",
+        type="primary",
+        on_click=_answer_promotion,
+        args=(True,),
+    )
+    b2.button("Cancel", key="admin_promote_cancel", on_click=_answer_promotion, args=(False,))
+
+
+class PromotionProgress:
+    """The promotion's progress bar: the stage and its counts as mmcore words them, and an ETA for the whole promotion
+    from the time elapsed and the fraction done so far.
+
+    mmcore calls it with (fraction, text), text such as "embedding images: 1,200 of 10,015 · 0:12 elapsed, about 1:30
+    left", and with `stage`, `done` and `total` by keyword where it knows them; other keywords are ignored.
+    """
+
+    _COUNTS = re.compile(r"^(?P<stage>[^:·]*?)\s*:\s*(?P<done>[\d,]+) of (?P<total>[\d,]+)(?P<unit>[^·]*)")
+
+    def __init__(self, bar: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        self.bar = bar
+        self.clock = clock
+        self.started = clock()
+
+    def __call__(
+        self,
+        fraction: float,
+        text: str = "",
+        *,
+        stage: str = "",
+        done: int | None = None,
+        total: int | None = None,
+        **_: Any,
+    ) -> None:
+        fraction = min(1.0, max(0.0, float(fraction)))
+        self.bar.progress(fraction, text=self.describe(fraction, text, stage, done, total))
+
+    def describe(
+        self, fraction: float, text: str = "", stage: str = "", done: int | None = None, total: int | None = None
+    ) -> str:
+        """ "37% · embedding images 1,200 of 10,015 · 0:42 elapsed, about 1:12 left"."""
+        from mmcore.embeddings import clock
+
+        head = text.split(" · ", 1)[0].strip()  # mmcore's own step timing gives way to the whole promotion's
+        match = self._COUNTS.match(head)
+        if match:  # the text's own wording: stage, counts and their unit
+            label = f"{match['stage']} {match['done']} of {match['total']}{match['unit'].rstrip()}"
+        elif done is not None and total:
+            label = f"{head or stage} {done:,} of {total:,}"
+        else:
+            label = head or stage
+        elapsed = self.clock() - self.started
+        timing = f"{clock(elapsed)} elapsed"
+        if 0.02 <= fraction < 1.0:  # before 2% the estimate is noise
+            timing += f", about {clock(elapsed * (1 - fraction) / fraction)} left"
+        return " · ".join(part for part in (f"{fraction:.0%}", label.strip(), timing) if part)
+
+
+def promote(version: str, user: str, allow_unevaluated: bool = False) -> dict[str, Any]:
+    """mmcore's one promotion (every case embedded and indexed, then the version goes active, audited by mmcore),
+    with a progress bar; returns the outcome to show: {"ok": bool, "text": str}."""
+    from mmcore.embeddings import clock
     from mmcore.model_store import ModelStoreError
     from mmcore.model_store import promote as promote_version
 
-    bar = st.progress(0.0, text=f"Preparing {version}…")
-
-    def progress(fraction: float, text: str) -> None:
-        bar.progress(min(1.0, fraction), text=text)
-
+    progress = PromotionProgress(st.progress(0.0, text=f"Preparing {version}…"))
     try:
         result = promote_version(
             loaders.get_config(), version, user, progress=progress, allow_unevaluated=allow_unevaluated
         )
     except ModelStoreError as e:
-        st.error(f"Not promoted, the active model is unchanged: {e}")
-        return
+        return {"ok": False, "text": f"Not promoted, the active model is unchanged: {e}"}
     except Exception as e:  # noqa: BLE001 - the page shows a reason, the log the details
         import logging
 
         logging.getLogger("mmderm").exception("promotion failed")
-        st.error(f"Promotion failed, the active model is unchanged ({type(e).__name__}); details in the server log.")
-        return
-    st.success(
-        f"{version} is active: {result.indexed.get('image', 0):,} images and {result.indexed.get('text', 0):,} notes "
-        f"indexed ({result.embedded.without_note:,} cases without a note)."
-    )
+        return {
+            "ok": False,
+            "text": f"Promotion failed, the active model is unchanged ({type(e).__name__}); details in the server log.",
+        }
+    return {
+        "ok": True,
+        "text": f"{version} is active: {result.indexed.get('image', 0):,} images and {result.indexed.get('text', 0):,} "
+        f"notes indexed ({result.embedded.without_note:,} cases without a note) in {clock(result.seconds)}.",
+    }
 
 
 # ---- index and audit ----
@@ -414,7 +551,8 @@ def render_index(user: str) -> None:
     )
     st.caption(f"Index of `{version}`. A case without any note is found by its image only.")
     if st.button("Rebuild the index from the case store", key="admin_index_rebuild"):
-        promote(version, user, allow_unevaluated=True)
+        outcome = promote(version, user, allow_unevaluated=True)  # the active version again: nothing to guard
+        (st.success if outcome["ok"] else st.error)(outcome["text"])
 
 
 def render_audit() -> None:

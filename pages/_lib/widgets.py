@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from mmcore import DISCLAIMER
 from pages._lib.auth import GUEST, User, login_ui, session_user, sign_in_required
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"  # the logo, the style sheet and the example cases
 
 PAGES = [
     ("app.py", "Home", "clinician"),
@@ -23,6 +27,7 @@ def page_setup(title: str) -> User:
     """Every page starts here: config, the research-use banner, sign-in and links by role. When sign-in is required
     (by default with OIDC), a visitor who is not signed in sees the banner and the sign-in button, nothing else."""
     st.set_page_config(page_title=f"{title} · mmderm", layout="wide")
+    render_brand()
     render_banner()
     user = session_user()
     login_ui()
@@ -33,13 +38,24 @@ def page_setup(title: str) -> User:
     return user
 
 
+def render_brand() -> None:
+    """The logo (top left and in the sidebar; it links home) and our few style rules, on every page."""
+    st.logo(str(ASSETS / "logo.svg"), size="large")
+    st.html(f"<style>{style_sheet()}</style>")  # style alone: Streamlit adds it without taking any space
+
+
+@functools.cache
+def style_sheet() -> str:
+    """assets/style.css, read once: every rerun of every page draws it."""
+    return (ASSETS / "style.css").read_text()
+
+
 def render_banner() -> None:
     st.warning(f"**Research use only.** {DISCLAIMER}", icon="⚠️")
 
 
 def render_nav(user: User) -> None:
-    with st.sidebar:
-        st.markdown("### mmderm")
+    with st.sidebar:  # the logo above names the app
         for path, label, role in PAGES:
             if role == "admin" and not user.is_admin:
                 continue

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from app_helpers import open_page
 
 from mmcore.audit import AuditLog
 from mmcore.config import load_config
 from mmcore.jobs import JobManager
 from mmcore.model_store import active_version, list_versions
+from pages._lib.admin import PromotionProgress
+from pages._lib.widgets import plain
 
 PAGE = "pages/9_Admin.py"
 ADMIN = {"name": "admin", "role": "admin"}
@@ -32,7 +35,38 @@ def test_admin_page_stops_for_everyone_else(app_env):
     assert not at.tabs and not at.button
 
 
-def test_admin_trains_watches_and_promotes(app_env_copy):
+@pytest.fixture
+def timers(monkeypatch):
+    """What the browser's timers do between clicks: `timers(at)` reruns only the fragments the last run drew with
+    `run_every` (not the page), and returns that run's elements."""
+    from streamlit.testing.v1 import local_script_runner as runner
+
+    timed: dict[str, float] = {}
+    queue: list[str] = []
+    real_parse, real_rerun_data = runner.parse_tree_from_messages, runner.RerunData
+
+    def parse(msgs):
+        timed.update({m.auto_rerun.fragment_id: m.auto_rerun.interval for m in msgs if m.HasField("auto_rerun")})
+        return real_parse(msgs)
+
+    def rerun_data(**kwargs):
+        return real_rerun_data(**kwargs, fragment_id_queue=list(queue)) if queue else real_rerun_data(**kwargs)
+
+    monkeypatch.setattr(runner, "parse_tree_from_messages", parse)
+    monkeypatch.setattr(runner, "RerunData", rerun_data)
+
+    def tick(at):
+        assert timed, "the page drew no view that refreshes by itself"
+        queue[:] = list(timed)
+        try:
+            return at.run()
+        finally:
+            queue.clear()
+
+    return tick
+
+
+def test_admin_trains_watches_and_promotes(app_env_copy, timers, monkeypatch):
     at = _as_admin()
     assert not at.exception
     assert [t.label for t in at.tabs] == ["Data", "Notes", "Training", "Models", "Index", "Feedback", "Audit"]
@@ -52,19 +86,41 @@ def test_admin_trains_watches_and_promotes(app_env_copy):
     assert job.kind == "train" and job.user == "admin"
     job = jobs.wait(job.id, timeout=300)
     assert job.status == "succeeded", jobs.log_tail(job.id)
-    time.sleep(0.1)
-    at.run()  # the page now shows the finished job with its curves
-    assert any("succeeded" in m.value for m in at.markdown)
-    assert any("epochs logged" in c.value for c in at.caption)
-    assert len(at.get("plotly_chart")) >= 2
-
     new = [v for v in list_versions(load_config("tiny")) if v not in before]
     assert len(new) == 1
+    time.sleep(0.1)
+
+    # Issue 15: with no click and no reload, the views' own refresh shows the finished job and its version.
+    live = timers(at)
+    assert not at.exception
+    assert not at.title, "the whole page reran; only the live views should have"
+    table = next(d.value for d in live.dataframe if "status" in d.value.columns)
+    assert table.loc[table["id"] == job.id, "status"].item() == "✓ succeeded"
+    assert any("succeeded" in m.value for m in live.markdown)  # the watcher agrees with the table
+    assert any("epochs logged" in c.value for c in live.caption)
+    assert len(live.get("plotly_chart")) >= 2
+    models = next(d.value for d in live.dataframe if "version" in d.value.columns)
+    assert new[0] in list(models["version"])
+    assert new[0] in live.selectbox(key="admin_promote_version").options
+
+    at.run()
+    shown = []
+    real_describe = PromotionProgress.describe
+
+    def describe(*args, **kwargs):
+        shown.append(real_describe(*args, **kwargs))
+        return shown[-1]
+
+    monkeypatch.setattr(PromotionProgress, "describe", describe)
     at.selectbox(key="admin_promote_version").set_value(new[0]).run()
     at.button(key="admin_promote").click().run()
+    assert any(f"Promote {new[0]}?" in w.value for w in at.warning)  # asked first, nothing changed yet
+    assert active_version(load_config("tiny")) != new[0]
+    at.button(key="admin_promote_confirm").click().run()
     assert not at.exception
     assert any(f"{new[0]} is active" in s.value for s in at.success)
     assert active_version(load_config("tiny")) == new[0]
+    assert any(" of " in t and "elapsed" in t for t in shown), shown  # stage, counts and time on the bar
     promoted = AuditLog(load_config("tiny").audit_path).read(event="promote")[-1]
     assert promoted["user"] == "admin" and promoted["model_version"] == new[0]  # written once, by mmcore
 
@@ -141,3 +197,89 @@ def test_preview_runs_as_a_job_and_lists_rows_by_column_and_rule(app_env_copy, m
     table = next(d.value for d in at.dataframe if "reason" in d.value.columns)
     assert list(table["row"]) == [3] and "abc123" not in str(table.to_dict()) and "p1.jpg" not in str(table.to_dict())
     assert "unknown diagnosis" in table["reason"][0]
+
+
+# ---- issue 15: promotion asks first and refuses an unevaluated version without the override ----
+
+
+def _unevaluated_version() -> str:
+    """A new version with the active weights and no test evaluation (what a training run without eval leaves)."""
+    from mmcore.model_store import load_version, read_card, save_version
+
+    cfg = load_config("tiny")
+    version = save_version(load_version(cfg).model, cfg)
+    assert not read_card(cfg, version).evaluated
+    return version
+
+
+def test_promotion_asks_first_and_refuses_an_unevaluated_version_unless_overridden(app_env_copy):
+    version = _unevaluated_version()
+    before = active_version(load_config("tiny"))
+    at = _as_admin()
+    at.selectbox(key="admin_promote_version").set_value(version).run()
+    assert any(f"{version} has no test evaluation" in w.value for w in at.warning)
+    assert at.button(key="admin_promote").disabled  # refused as it stands
+
+    at.checkbox(key="admin_promote_override").check().run()
+    at.button(key="admin_promote").click().run()
+    question = next(w.value for w in at.warning if f"Promote {version}?" in w.value)
+    assert "has no test evaluation" in question and "audit log" in question
+    at.button(key="admin_promote_cancel").click().run()
+    assert not any(f"Promote {version}?" in w.value for w in at.warning)
+    assert active_version(load_config("tiny")) == before
+
+    at.button(key="admin_promote").click().run()
+    at.button(key="admin_promote_confirm").click().run()
+    assert not at.exception
+    assert any(f"{version} is active" in s.value for s in at.success), [e.value for e in at.error]
+    assert active_version(load_config("tiny")) == version
+    entry = AuditLog(load_config("tiny").audit_path).read(event="promote")[-1]
+    assert entry["user"] == "admin" and entry["model_version"] == version and entry["unevaluated"] is True
+
+
+def test_the_promotion_bar_shows_stage_counts_and_an_eta_from_the_elapsed_time():
+    class Bar:
+        def progress(self, value, text):
+            self.value, self.text = value, text
+
+    now = [100.0]
+    bar = Bar()
+    progress = PromotionProgress(bar, clock=lambda: now[0])
+    progress(0.0, "loading v0003")
+    assert bar.text == "0% · loading v0003 · 0:00 elapsed"  # no estimate before any work is done
+    now[0] = 130.0  # 30 s for the first quarter: about 90 s for the rest
+    progress(0.25, "embedding images: 1,200 of 10,015 · 0:29 elapsed, about 3:30 left")
+    assert bar.value == 0.25
+    assert bar.text == "25% · embedding images 1,200 of 10,015 · 0:30 elapsed, about 1:30 left"
+    progress(0.9, "indexing: 900 of 1,000 vectors · 0:05 elapsed", stage="indexing", done=900, total=1000)
+    assert bar.text == "90% · indexing 900 of 1,000 vectors · 0:30 elapsed, about 0:03 left"
+    progress(0.5, "", stage="embedding notes", done=3, total=8)  # done/total per stage, by keyword alone
+    assert bar.text == "50% · embedding notes 3 of 8 · 0:30 elapsed, about 0:30 left"
+    progress(0.6, "embedding notes", done=4, total=8, modality="text")  # a keyword it does not know is ignored
+    assert bar.text == "60% · embedding notes 4 of 8 · 0:30 elapsed, about 0:20 left"
+    progress(1.0, "v0003 is active", stage="done")
+    assert bar.text == "100% · v0003 is active · 0:30 elapsed"
+
+
+# ---- issue 15: an import's failure says why, where Import was pressed ----
+
+
+def test_an_import_failure_shows_its_reason_under_the_import_button(app_env_copy, monkeypatch, tmp_path):
+    root = tmp_path / "imports"
+    _dataset(root)
+    monkeypatch.setenv("MMDERM_IMPORT_ROOTS", str(root))
+    at = _as_admin()
+    at.selectbox(key="admin_import_format").set_value("folder")
+    at.text_input(key="admin_import_metadata").input("clinic/labels.csv")
+    at.text_input(key="admin_import_images").input("clinic/photos")
+    at.text_input(key="admin_import_columns").input("image=filename,dx=diagnosis")  # the CSV has no "filename"
+    at.button(key="FormSubmitter:admin_import_form-Import").click().run()
+    assert not at.exception, [e.value for e in at.error]
+    jobs = JobManager(load_config("tiny"))
+    job = jobs.wait(jobs.list()[0].id, timeout=120)
+    assert job.status == "failed" and job.error == "exit code 2"
+    at.run()
+    shown = [e.value for e in at.error if f"job {job.id}" in e.value]
+    assert len(shown) == 1 and "exit code" not in shown[0]
+    reason = jobs.failure_reason(job.id)
+    assert "lacks the column(s) filename" in reason and plain(reason) in shown[0]  # drawn as text, not markdown
