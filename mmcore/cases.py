@@ -245,6 +245,13 @@ CREATE TABLE IF NOT EXISTS embeddings (
     input_sha256 TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (model_version, modality, case_id)
 );
+-- Image files imports decoded (mmcore.importers._files), by the SHA-256 of their resolved path (a name may be data).
+CREATE TABLE IF NOT EXISTS image_files (
+    path_sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL, file_sha256 TEXT NOT NULL, image_sha256 TEXT NOT NULL, image_path TEXT NOT NULL,
+    pixels INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS image_files_content ON image_files(file_sha256);
 """
 _COLUMNS = [f.name for f in dataclasses.fields(Case) if f.name != "notes"]
 
@@ -324,27 +331,21 @@ class CaseStore:
     def put_image(self, decoded: DecodedImage, fmt: str | None = None) -> tuple[str, str]:
         """Write the image under images/ by its pixel hash (once); returns (sha256, path relative to home).
 
-        The hash identifies the decoded upload (what the user gave, whatever its metadata); a JPEG or HEIC source
-        is stored as a quality-95 JPEG, so the stored file's pixels may differ from the hashed ones by re-encoding.
+        The hash identifies the decoded upload, whatever its metadata. A plain RGB JPEG is stored less its metadata
+        (its very pixels); other JPEG and HEIC sources as quality-95 JPEGs (pixels may differ by re-encoding).
         """
         fmt = fmt or decoded.format
         ext = "png" if fmt == "png" else "jpg"
         rel = f"images/{decoded.sha256[:2]}/{decoded.sha256}.{ext}"
-        self._write_once(rel, lambda: encode_image(decoded.image, fmt))
+        stripped = decoded.stripped_jpeg if fmt == "jpeg" else None  # the same pixels, without re-encoding them
+        self._write_once(rel, lambda: stripped if stripped is not None else encode_image(decoded.image, fmt))
         return decoded.sha256, rel
 
     def put_mask(self, mask: np.ndarray, image_sha256: str) -> str:
         """Store a binary lesion mask (H, W) as PNG beside its image's hash; returns the relative path."""
         rel = f"masks/{image_sha256[:2]}/{image_sha256}.png"
-
-        def encode() -> bytes:
-            import io
-
-            buf = io.BytesIO()
-            Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
-            return buf.getvalue()
-
-        self._write_once(rel, encode)
+        binary = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255, mode="L")
+        self._write_once(rel, lambda: encode_image(binary, "png"))
         return rel
 
     def _write_once(self, rel: str, encode: Any) -> None:
@@ -511,11 +512,9 @@ class CaseStore:
         return {r["case_id"]: r["text"] for r in rows}
 
     def delete_notes(self, case_ids: Iterable[str], strategy: str) -> int:
-        with self.transaction():
-            return sum(
-                self._db.execute("DELETE FROM notes WHERE case_id = ? AND strategy = ?", (cid, strategy)).rowcount
-                for cid in case_ids
-            )
+        sql = "DELETE FROM notes WHERE case_id = ? AND strategy = ?"
+        with self.transaction():  # executemany sums the rows each statement deleted
+            return self._db.executemany(sql, [(cid, strategy) for cid in case_ids]).rowcount
 
     def note_strategies(self) -> dict[str, int]:
         rows = self._db.execute("SELECT strategy, COUNT(*) AS n FROM notes GROUP BY strategy ORDER BY strategy")
@@ -526,6 +525,27 @@ class CaseStore:
         for r in self._db.execute("SELECT case_id, strategy, text FROM notes"):
             out.setdefault(r["case_id"], {})[r["strategy"]] = r["text"]
         return out
+
+    # -- image files imports decoded: a re-import skips the unchanged ones (rows as mmcore.importers._files has them) --
+
+    def image_files(self, column: str, values: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """value -> an image_files row whose `column` (path_sha256 or file_sha256) has it, for the values seen."""
+        if column not in ("path_sha256", "file_sha256"):
+            raise KeyError(f"image_files are looked up by path_sha256 or file_sha256, not {column!r}")
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(values), 500):  # SQLite caps the parameters of a statement
+            chunk = list(values[start : start + 500])
+            sql = f"SELECT * FROM image_files WHERE {column} IN ({', '.join('?' * len(chunk))})"
+            out.update((r[column], dict(r)) for r in self._db.execute(sql, chunk))
+        return out
+
+    def remember_image_files(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert or replace image_files rows (dicts of every column) in one transaction."""
+        if rows:
+            cols = list(rows[0])
+            sql = f"INSERT OR REPLACE INTO image_files ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+            with self.transaction():
+                self._db.executemany(sql, [[r[c] for c in cols] for r in rows])
 
     # -- embeddings: kept here so an index can always be rebuilt --
 
@@ -563,14 +583,9 @@ class CaseStore:
 
     def delete_embeddings(self, model_version: str, modality: str, case_ids: Iterable[str]) -> int:
         """Forget stored vectors (a case whose note was deleted is no longer in the text collection)."""
-        with self.transaction():
-            return sum(
-                self._db.execute(
-                    "DELETE FROM embeddings WHERE model_version = ? AND modality = ? AND case_id = ?",
-                    (model_version, modality, cid),
-                ).rowcount
-                for cid in case_ids
-            )
+        sql = "DELETE FROM embeddings WHERE model_version = ? AND modality = ? AND case_id = ?"
+        with self.transaction():  # executemany sums the rows each statement deleted
+            return self._db.executemany(sql, [(model_version, modality, cid) for cid in case_ids]).rowcount
 
     def get_embeddings(self, model_version: str, modality: str) -> tuple[list[str], np.ndarray]:
         """(case_ids, vectors (N, D) float32) in case_id order; empty when none are stored."""

@@ -30,7 +30,7 @@ from torch import nn
 from mmcore import DISCLAIMER, __version__
 from mmcore.config import Config, config_from_toml, save_config
 from mmcore.devices import resolve_device
-from mmcore.embeddings import EmbedReport
+from mmcore.embeddings import EmbedReport, Eta, Progress, with_counts
 from mmcore.model import MultimodalModel, build_model
 from mmcore.model_card import INTENDED_USE, ModelCard, TowerCard, describe_training_data
 from mmcore.ood import OODFileError, OODScorer, load_ood
@@ -366,7 +366,7 @@ def promote(
     cfg: Config,
     version: str,
     user: str,
-    progress: Callable[[float, str], None] | None = None,
+    progress: Progress | Callable[[float, str], None] | None = None,
     *,
     allow_unevaluated: bool = False,
     loaded: LoadedModel | None = None,
@@ -379,10 +379,11 @@ def promote(
     from mmcore.audit import AuditLog
 
     started = time.perf_counter()
+    progress = with_counts(progress)
 
-    def report(fraction: float, text: str) -> None:
+    def report(fraction: float, text: str, **counts: object) -> None:
         if progress is not None:
-            progress(min(1.0, max(0.0, fraction)), text)
+            progress(min(1.0, max(0.0, fraction)), text, **counts)
 
     previous = active_version(cfg)
     card = verify_version(cfg, version)
@@ -391,7 +392,9 @@ def promote(
             f"{version} has no test evaluation, so nobody knows how it scores; evaluate it first "
             f"(python -m mmcore eval --model {version}), or promote it anyway, explicitly (--allow-unevaluated)"
         )
-    embedded, counts = refresh_index(cfg, version, progress=lambda f, text: report(0.98 * f, text), loaded=loaded)
+    embedded, counts = refresh_index(
+        cfg, version, progress=lambda f, text, **c: report(0.98 * f, text, **c), loaded=loaded
+    )
     _activate(cfg, version)
     AuditLog(cfg.audit_path).append(
         "promote",
@@ -405,14 +408,14 @@ def promote(
         cases=embedded.cases,
         without_note=embedded.without_note,
     )
-    report(1.0, f"{version} is active")
+    report(1.0, f"{version} is active", stage="done")
     return PromoteResult(version, previous, embedded, counts, round(time.perf_counter() - started, 2))
 
 
 def refresh_index(
     cfg: Config,
     version: str,
-    progress: Callable[[float, str], None] | None = None,
+    progress: Progress | Callable[[float, str], None] | None = None,
     loaded: LoadedModel | None = None,
 ) -> tuple[EmbedReport, dict[str, int]]:
     """Bring a version's case index in line with the case store: embed what is new or changed, then fill the index
@@ -422,11 +425,13 @@ def refresh_index(
     from mmcore.embeddings import embed_cases
     from mmcore.index import IndexLockedError, get_index
 
-    def report(fraction: float, text: str) -> None:
-        if progress is not None:
-            progress(min(1.0, max(0.0, fraction)), text)
+    progress = with_counts(progress)
 
-    report(0.0, f"loading {version}")
+    def report(fraction: float, text: str, **counts: object) -> None:
+        if progress is not None:
+            progress(min(1.0, max(0.0, fraction)), text, **counts)
+
+    report(0.0, f"loading {version}", stage="loading")
     loaded = loaded or load_version(cfg, version)
     cache_dir = cfg.cache_dir if loaded.card.training.finetune == "heads" else None  # frozen towers: cached features
     try:
@@ -443,16 +448,18 @@ def refresh_index(
             cfg.index.note_preference,
             cache_dir=cache_dir,
             num_workers=cfg.train.num_workers,
-            progress=lambda f, text: report(0.05 + 0.65 * f, text),
+            progress=lambda f, text, **c: report(0.05 + 0.65 * f, text, **c),
         )
         if embedded.image + embedded.text == 0:
             raise PromotionRefused(f"no case of {cfg.home} has an image or a note to index; refusing an empty index")
         total, done = embedded.image + embedded.text, 0
+        eta = Eta(total)  # issue 14: the index step's elapsed and remaining time, as the embedding step words its own
 
         def indexed(n: int) -> None:
             nonlocal done
             done += n
-            report(0.7 + 0.3 * done / total, f"indexed {done:,} of {total:,} vectors")
+            text = f"indexing: {done:,} of {total:,} vectors · {eta(done)}"
+            report(0.7 + 0.3 * done / total, text, stage="indexing", done=done, total=total)
 
         counts = index.build(version, store, progress=indexed)
     if not any(counts.values()):

@@ -419,6 +419,9 @@ def write_clinical(case: Case, rng: random.Random) -> str:
 # ---- the `notes` command ----
 
 
+NOTES_BATCH = 500  # cases whose notes are written (one transaction) and logged together
+
+
 def generate_notes(
     store: CaseStore,
     strategy: str,
@@ -428,44 +431,100 @@ def generate_notes(
     log_path: Path | None = None,
 ) -> dict[str, Any]:
     """(Re)write one strategy's note for every stored case; every note goes through the fidelity checker and its
-    result is written to `log_path` (JSON lines). With `drop_contradictions`, contradicting notes are not kept."""
+    result is written to `log_path` (JSON lines). With `drop_contradictions`, contradicting notes are not kept.
+
+    Streamed: NOTES_BATCH cases at a time, their notes committed, then their log lines appended to
+    `<log_path>.partial`, which becomes `log_path` when every case is done. A run stopped by a crash or cancel is
+    resumed by the next one with the same arguments: cases the partial log lists are not written again (what matters
+    for an LLM backend, at seconds a note). Without `log_path` there is nothing to resume from.
+    """
     from mmcore.llm import write_note_llm
 
     STRATEGIES.get(strategy)
     started = time.perf_counter()
-    cases = store.cases()
-    kept: list[tuple[str, str, str]] = []
-    dropped: list[str] = []
-    log_lines: list[str] = []
-    for case in tqdm(cases, desc=f"notes {strategy}", unit="case", file=sys.stderr):
-        if backend is None:
-            text = write_note(strategy, case, seed)
-            result = check_note(text, case)
-        else:
-            text, result = write_note_llm(strategy, case, backend, seed)
-        log_lines.append(json.dumps({"case_id": case.case_id, "strategy": strategy, **result.to_dict()}))
-        if drop_contradictions and not result.ok:
-            dropped.append(case.case_id)
-        else:
-            kept.append((case.case_id, strategy, text))
     backend_name = "template" if backend is None else backend.name
-    store.set_notes(kept, backend=backend_name)
-    store.delete_notes(dropped, strategy)  # a dropped note must not leave an older one behind
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text("".join(line + "\n" for line in log_lines))
-    bad = sum(1 for line in log_lines if json.loads(line)["contradictions"])
+    run = {"strategy": strategy, "backend": backend_name, "seed": seed, "drop_contradictions": drop_contradictions}
+    cases = store.cases()
+    partial = log_path.with_name(log_path.name + ".partial") if log_path is not None else None
+    ids = {c.case_id for c in cases}
+    done = {k: v for k, v in _resume(partial, run).items() if k in ids}  # what an interrupted run finished
+    if partial is not None:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        if not done:
+            partial.write_text(json.dumps({"run": run}) + "\n")
+    todo = [c for c in cases if c.case_id not in done]
+    outcomes = dict(done)
+    bar = tqdm(total=len(cases), initial=len(cases) - len(todo), desc=f"notes {strategy}", unit="case", file=sys.stderr)
+    for start in range(0, len(todo), NOTES_BATCH):
+        kept: list[tuple[str, str, str]] = []
+        dropped: list[str] = []
+        lines: list[str] = []
+        for case in todo[start : start + NOTES_BATCH]:
+            if backend is None:
+                text = write_note(strategy, case, seed)
+                result = check_note(text, case)
+            else:
+                text, result = write_note_llm(strategy, case, backend, seed)
+            lines.append(json.dumps({"case_id": case.case_id, "strategy": strategy, **result.to_dict()}))
+            keep = result.ok or not drop_contradictions
+            if keep:
+                kept.append((case.case_id, strategy, text))
+            else:
+                dropped.append(case.case_id)
+            outcomes[case.case_id] = (not result.ok, keep)
+        with store.transaction():  # the batch's notes, then its log lines: the log never names an unwritten note
+            store.set_notes(kept, backend=backend_name)
+            store.delete_notes(dropped, strategy)  # a dropped note must not leave an older one behind
+        if partial is not None:
+            with partial.open("a") as f:
+                f.write("".join(line + "\n" for line in lines))
+        bar.update(len(lines))
+    bar.close()
+    if partial is not None and log_path is not None:
+        with partial.open() as f, log_path.open("w") as out:
+            next(f)  # the run line
+            out.writelines(f)
+        partial.unlink()
+    bad = sum(1 for contradicts, _ in outcomes.values() if contradicts)
+    written = sum(1 for _, keep in outcomes.values() if keep)
     return {
         "strategy": strategy,
         "backend": backend_name,
         "cases": len(cases),
-        "written": len(kept),
+        "written": written,
         "with_contradictions": bad,
         "rate": bad / len(cases) if cases else 0.0,
-        "dropped": len(dropped),
+        "dropped": len(outcomes) - written,
+        "resumed": len(done),
         "seconds": round(time.perf_counter() - started, 2),
         "log": str(log_path or ""),
     }
+
+
+def _resume(partial: Path | None, run: dict[str, Any]) -> dict[str, tuple[bool, bool]]:
+    """case_id -> (contradicts, kept) from an interrupted run's partial log with the same arguments; {} otherwise.
+    A torn last line (the crash) is cut off the file: that case is written again."""
+    if partial is None or not partial.is_file():
+        return {}
+    lines = partial.read_text().splitlines(keepends=True)
+    try:
+        if not lines or json.loads(lines[0]).get("run") != run:
+            return {}
+    except (ValueError, AttributeError):
+        return {}
+    done: dict[str, tuple[bool, bool]] = {}
+    whole = 1
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line) if line.endswith("\n") else None
+            contradicts = bool(entry["contradictions"])
+        except (ValueError, TypeError, KeyError):
+            break
+        done[entry["case_id"]] = (contradicts, not (run["drop_contradictions"] and contradicts))
+        whole += 1
+    if whole < len(lines):
+        partial.write_text("".join(lines[:whole]))
+    return done
 
 
 def fidelity_of_notes(

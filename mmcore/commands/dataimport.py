@@ -40,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="write each rejected row with its reason here, mode 0600 (default: <home>/import_rejections/)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        help="threads decoding images (default: one per core, at most 4; each may hold 8 bytes per pixel of the cap)",
+    )
+    p.add_argument(
         "--confine",
         action="store_true",
         help="read only under the import roots (intake.import_roots, MMDERM_IMPORT_ROOTS); import jobs always do",
@@ -47,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        raise CliError("--workers must be between 1 and 64")
     opts: dict[str, Any] = {}
     if args.labels:
         opts["labels"] = Path(args.labels)
@@ -92,6 +99,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 max_pixels=cfg.intake.max_pixels,
                 split_fractions=cfg.data.split_fractions,
                 progress=progress,
+                workers=args.workers,
                 **limits,
                 **opts,
             )
@@ -167,6 +175,10 @@ def _summary(result: ImportResult, cfg: Config, where: Path) -> str:
         f"{result.source} into {cfg.home}: imported {result.imported}, updated {result.updated}, skipped"
         f" {result.skipped_duplicates} already stored, rejected {len(result.rejected)}"
     ]
+    if result.files_reused:
+        lines.append(
+            f"  image files: {result.files_decoded} decoded, {result.files_reused} not decoded again (imported before)"
+        )
     if result.splits:
         lines.append("  splits: " + ", ".join(f"{k} {v}" for k, v in result.splits.items()))
     lines += [f"  warning: {w}" for w in result.warnings]

@@ -36,10 +36,16 @@ def embed_version(cfg: Config, version: str, force: bool = False, quiet: bool = 
     except ModelStoreError as e:
         raise CliError(str(e)) from None
     cache = cfg.cache_dir if loaded.card.training.finetune == "heads" else None
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {postfix}"  # the time left is mmcore's, as the Admin page shows it
     with (
         CaseStore(cfg.home) as store,
-        tqdm(total=100, desc="embed", unit="%", file=sys.stderr, disable=True if quiet else None) as bar,
+        tqdm(total=100, desc="embed", bar_format=bar_format, file=sys.stderr, disable=True if quiet else None) as bar,
     ):
+
+        def progress(fraction: float, text: str, **counts: object) -> None:  # the counts are in the text too
+            bar.set_postfix_str(text, refresh=False)
+            bar.update(round(100 * fraction) - bar.n)
+
         return embed_cases(
             loaded.model,
             store,
@@ -48,7 +54,7 @@ def embed_version(cfg: Config, version: str, force: bool = False, quiet: bool = 
             cache_dir=cache,
             force=force,
             num_workers=cfg.train.num_workers,
-            progress=lambda f, text: bar.update(round(100 * f) - bar.n),
+            progress=progress,
         )
 
 
@@ -62,6 +68,7 @@ def report_payload(version: str, r: EmbedReport) -> dict:
         "without_note": r.without_note,
         "without_image": r.without_image,
         "notes_by_strategy": r.notes_by_strategy,
+        "seconds": r.seconds,
     }
 
 

@@ -98,7 +98,7 @@ def _fit_ood(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _progress(fraction: float, text: str) -> None:
+def _progress(fraction: float, text: str, **counts: object) -> None:  # the stage's counts are in the text too
     print(f"  {fraction:4.0%} {text}", file=sys.stderr, flush=True)
 
 

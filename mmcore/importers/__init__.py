@@ -1,6 +1,13 @@
 """Dataset importers: one module per format, each a `read_<format>` generator of candidates and rejections registered
 by format name, and `import_dataset`, which decodes every image through the intake and stores the cases all or nothing.
 
+The images are decoded by worker threads and written as they come (mmcore.importers._files); the cases are written
+in one transaction at the end, so a failed or cancelled import stores no case. Each finished batch of decoded files
+is recorded in the case store's image_files table, which is what makes a run after a crash or cancel resume (it
+decodes only the files no finished batch covered) and a re-import of unchanged files fast (it reads none of them).
+An error of the store (disk full) undoes the image files the import wrote; a cancel or crash keeps them, unused by
+any case, for the next run.
+
 Given import roots (what an import job gets), every file an import reads (the CSV, its companions, the images) must
 resolve, symlinks followed, under one of them; images must also stay inside the images folder.
 """
@@ -17,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmcore.cases import CaseError, CaseStore, validate_case
+from mmcore.cases import Case, CaseError, CaseStore, validate_case
 from mmcore.config import Config, DataConfig, resolve_path
-from mmcore.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected, load_image
+from mmcore.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected
 from mmcore.importers._common import (
     DEFAULT_MAX_CSV_BYTES,
     READERS,
@@ -28,9 +35,9 @@ from mmcore.importers._common import (
     Notice,
     Rejection,
     confine,
-    read_image_file,
     reading_limits,
 )
+from mmcore.importers._files import Refused, store_image_files
 from mmcore.importers.derm7pt import read_derm7pt
 from mmcore.importers.fitzpatrick17k import read_fitzpatrick17k
 from mmcore.importers.folder import read_folder
@@ -72,6 +79,8 @@ class ImportResult:
     warnings: list[str] = field(default_factory=list)
     source: str = ""
     splits: dict[str, int] = field(default_factory=dict)  # the source's cases by split, after the import
+    files_decoded: int = 0  # image files decoded by this import
+    files_reused: int = 0  # image files decoded before (unchanged, or the same bytes elsewhere): not decoded again
 
     def to_json(self, detail: bool = True) -> dict[str, Any]:
         """The result as JSON: with every reason (the admins' rejections file), or with only the file name and row
@@ -85,6 +94,8 @@ class ImportResult:
             "warnings": self.warnings,
             "source": self.source,
             "splits": self.splits,
+            "files_decoded": self.files_decoded,
+            "files_reused": self.files_reused,
         }
 
 
@@ -112,6 +123,7 @@ def import_dataset(
     roots: Sequence[Path] | None = None,
     split_fractions: Sequence[float] = DataConfig.split_fractions,
     progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
     **opts: Any,
 ) -> ImportResult:
     """Read a dataset, decode every image through the intake and upsert all its cases in one transaction.
@@ -119,6 +131,7 @@ def import_dataset(
     Case ids are "<source>:<the dataset's id>". Cases without an official split are split by lesion and patient
     afterwards. A row whose image cannot be read or decoded, for whatever reason, is a rejected row; ImportFailed
     when the input is unusable; an error of the store leaves it as it was. `roots`: see the module docstring.
+    `workers`: decoding threads (default: one per core, at most 4); `progress(files done, files)`.
     """
     if fmt not in READERS:
         raise ImportFailed(f"unknown format {fmt!r}; choose one of: {', '.join(READERS.names())}")
@@ -131,12 +144,14 @@ def import_dataset(
         candidates = _read_rows(fmt, metadata, images, result, **opts)  # the whole CSV first: fails before any image
     written: set[str] = set()
     try:
-        staged = _stage(store, candidates, source, Path(images), max_bytes, max_pixels, result, written, progress)
+        staged = _stage(
+            store, candidates, source, Path(images), max_bytes, max_pixels, result, written, progress, workers
+        )
         with store.transaction():  # every row or none; resplit inside so splits never see half an import
             outcome = store.upsert(c.case for c in staged)
             if outcome.inserted or outcome.updated:
                 store.resplit(source, split_fractions)
-    except BaseException:
+    except Exception:  # an error: undo the files too (a cancel keeps them, unused, for the next run to reuse)
         with contextlib.suppress(Exception):  # never hide the error that got us here
             for path in written:  # image files this import wrote that no stored case uses (after the rollback)
                 if not store.count(image_path=path):
@@ -240,33 +255,43 @@ def _stage(
     result: ImportResult,
     written: set[str],
     progress: Callable[[int, int], None] | None,
+    workers: int | None,
 ) -> list[Candidate]:
     """Decode and store each candidate's image; the candidates whose image and fields passed, ids prefixed.
 
     Reading and decoding an image is the untrusted part: any exception there rejects that row and the import goes
     on. Writing to the store is ours: an exception there ends the import (and the caller undoes it).
     """
-    staged = []
-    for i, c in enumerate(candidates):
-        if progress:
-            progress(i, len(candidates))
+    valid: list[tuple[Candidate, Case]] = []
+    for c in candidates:
         case = dataclasses.replace(c.case, case_id=f"{source}:{c.case.case_id}", source=source)
         try:
             validate_case(case)
-            decoded = load_image(read_image_file(c.image, images, max_bytes), max_bytes, max_pixels)
         except CaseError as e:
             result.rejected.append(Rejection(c.file, c.row, str(e)))
             continue
-        except MemoryError:
-            raise
-        except Exception as e:  # noqa: BLE001 - ImageRejected, OSError, or whatever a hostile file raised
-            result.rejected.append(Rejection(c.file, c.row, f"{c.column}: {_message(e)}"))
+        valid.append((c, case))
+    outcomes = store_image_files(
+        store,
+        [c.image for c, _ in valid],
+        images,
+        max_bytes,
+        max_pixels,
+        workers=workers,
+        written=written,
+        progress=progress,
+    )
+    staged = []
+    for (c, case), outcome in zip(valid, outcomes, strict=True):
+        if isinstance(outcome, Refused):
+            e = outcome.error
+            reason = str(e) if isinstance(e, CaseError) else f"{c.column}: {_message(e)}"
+            result.rejected.append(Rejection(c.file, c.row, reason))
             continue
-        sha, path = store.put_image(decoded)
-        written.add(path)
-        staged.append(dataclasses.replace(c, case=dataclasses.replace(case, image_sha256=sha, image_path=path)))
-    if progress:
-        progress(len(candidates), len(candidates))
+        result.files_decoded += outcome.decoded
+        result.files_reused += not outcome.decoded
+        stored = dataclasses.replace(case, image_sha256=outcome.image_sha256, image_path=outcome.image_path)
+        staged.append(dataclasses.replace(c, case=stored))
     return staged
 
 

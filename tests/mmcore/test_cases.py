@@ -219,3 +219,21 @@ def test_errors_name_the_field_never_the_value():
         with pytest.raises(CaseError) as e:
             fn(value)
         assert "Jane" not in str(e.value)
+
+
+def test_image_files_are_found_by_path_or_content_and_replaced_in_place(tmp_path):
+    """The table a re-import reads instead of decoding (issue 14): looked up 500 at a time, by either hash."""
+
+    def row(i: int, **kw) -> dict:
+        values = dict(path_sha256=f"p{i:04d}", size=100 + i, mtime_ns=i, ctime_ns=i, inode=i, file_sha256=f"f{i:04d}")
+        return values | dict(image_sha256=f"i{i:04d}", image_path=f"images/{i}.jpg", pixels=600 * 450) | kw
+
+    with CaseStore(tmp_path) as store:
+        store.remember_image_files([row(i) for i in range(1200)])
+        found = store.image_files("path_sha256", [f"p{i:04d}" for i in range(0, 1300, 7)])
+        assert sorted(found) == [f"p{i:04d}" for i in range(0, 1200, 7)] and found["p0007"] == row(7)
+        store.remember_image_files([row(7, mtime_ns=99)])  # the file was touched: the same path, a new stat
+        assert store.image_files("path_sha256", ["p0007"])["p0007"]["mtime_ns"] == 99
+        assert store.image_files("file_sha256", ["f0011", "nope"]) == {"f0011": row(11)}
+        with pytest.raises(KeyError):
+            store.image_files("image_path; DROP TABLE cases", ["x"])

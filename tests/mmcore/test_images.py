@@ -17,7 +17,9 @@ from mmcore.images import (
     EmptyImage,
     ImageTooLarge,
     UnsupportedFormat,
+    jpeg_without_metadata,
     load_image,
+    pixel_sha256,
     sniff_format,
 )
 
@@ -332,3 +334,52 @@ def test_an_unreadable_exif_orientation_is_skipped_with_a_warning(monkeypatch):
     decoded = load_image(data)
     assert decoded.size == (80, 40)  # used as stored, not turned
     assert decoded.warnings and "orientation" in decoded.warnings[0]
+
+
+# ---- issue 14: a plain JPEG is stored as it came, less its metadata (no re-encode: the same pixels, 5 ms less) ----
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_plain_jpeg_is_stored_less_its_metadata_with_its_very_pixels(tmp_path, progressive):
+    exif = _gradient().getexif()
+    exif[0x010E] = "Jane Doe, DOB 1961-02-03"
+    exif[0x8825] = {2: (51.0, 30.0, 0.0), 1: "N"}
+    data = _save(
+        _gradient(96, 72),
+        "JPEG",
+        quality=90,
+        progressive=progressive,
+        exif=exif.tobytes(),
+        comment=b"Patient: Jane Doe",
+        icc_profile=b"ICC-profile-bytes" * 20,
+    )
+    data += b"PK\x03\x04 an archive appended after the picture"
+    decoded = load_image(data)
+    assert decoded.stripped_jpeg is not None
+    _, rel = CaseStore(tmp_path).put_image(decoded)
+    stored = (tmp_path / rel).read_bytes()
+    assert stored == decoded.stripped_jpeg and stored.endswith(b"\xff\xd9")
+    for secret in (b"Jane Doe", b"Exif", b"ICC-profile", b"PK\x03\x04"):
+        assert secret not in stored
+    with Image.open(tmp_path / rel) as reopened:
+        assert reopened.info.get("jfif") and "exif" not in reopened.info and "icc_profile" not in reopened.info
+        assert pixel_sha256(reopened.convert("RGB")) == decoded.sha256  # the hashed pixels exactly: no re-encode
+
+
+def test_jpegs_the_strip_cannot_vouch_for_are_re_encoded(tmp_path):
+    cmyk = load_image(_save(_gradient().convert("CMYK"), "JPEG"))  # an Adobe segment decides its colours
+    turned = _gradient()
+    exif = turned.getexif()
+    exif[0x0112] = 6
+    rotated = load_image(_save(turned, "JPEG", exif=exif.tobytes()))  # its pixels were turned after decoding
+    grey = load_image(_save(_gradient().convert("L"), "JPEG"))  # stored as RGB
+    for decoded in (cmyk, rotated, grey):
+        assert decoded.stripped_jpeg is None
+        _, rel = CaseStore(tmp_path).put_image(decoded)
+        with Image.open(tmp_path / rel) as stored:
+            assert stored.mode == "RGB" and stored.size == decoded.size and "exif" not in stored.info
+    jpeg = _save(_gradient(), "JPEG")
+    assert jpeg_without_metadata(jpeg) is not None
+    for damaged in (b"", jpeg[:2], jpeg[:40], b"\xff\xd8\x00\x00" + jpeg[2:], _save(_gradient(), "PNG")):
+        assert jpeg_without_metadata(damaged) is None
+    assert load_image(_save(_gradient(), "PNG")).stripped_jpeg is None

@@ -509,17 +509,16 @@ def test_import_failing_while_writing_the_third_image_changes_nothing(store, mon
 
 def test_an_exception_decoding_one_image_rejects_that_row_only(store, monkeypatch):
     """Before: a TypeError from one photo's corrupt EXIF aborted the whole import, storing 0 cases (issue 13, 4)."""
-    import mmcore.importers as importers
+    import mmcore.importers._files as files
 
-    calls = {"n": 0}
+    poisoned = next((FIXTURES / "ham10000").rglob("ISIC_0025030.jpg")).read_bytes()  # the image of row 3
 
-    def fail_on_second(data, *args):
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def fail_on_one(data, *args, **kwargs):
+        if data == poisoned:  # by content, not by call order: the images decode in several threads
             raise TypeError("unhashable type: 'IFDRational'")
-        return load_image(data, *args)
+        return load_image(data, *args, **kwargs)
 
-    monkeypatch.setattr(importers, "load_image", fail_on_second)
+    monkeypatch.setattr(files, "load_image", fail_on_one)
     result = run(store, "ham10000")
     assert result.imported == 4 and store.count(source="ham10000") == 4
     assert ("HAM10000_metadata.csv", 3, "image_id: image file cannot be read (TypeError)") in rejections(result)
@@ -809,3 +808,193 @@ def test_case_ids_outside_the_safe_alphabet_are_rejected(store, tmp_path):
     assert rejections(result) == {
         ("labels.csv", 2, "case_id may hold only letters, digits, space and . _ - + / : (at most 200)")
     }
+
+
+# ---- issue 14: decoding in threads, re-import keyed by path, size and mtime, resume after a cancel ----
+
+
+def _noisy_jpegs(folder: Path, n: int) -> list[str]:
+    """n distinct small JPEGs named like HAM10000 images; returns their image ids."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ids = [f"ISIC_{i:07d}" for i in range(n)]
+    for image_id in ids:
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(folder / f"{image_id}.jpg")
+    return ids
+
+
+@pytest.fixture
+def counted_decodes(monkeypatch):
+    """Every decode of an import, counted (thread-safe)."""
+    import threading
+
+    import mmcore.importers._files as files
+
+    count, lock = [0], threading.Lock()
+
+    def counting(data, *args, **kwargs):
+        with lock:
+            count[0] += 1
+        return load_image(data, *args, **kwargs)
+
+    monkeypatch.setattr(files, "load_image", counting)
+    return count
+
+
+def test_reimport_of_unchanged_files_reads_none_of_them(store, tmp_path, monkeypatch, counted_decodes):
+    import mmcore.importers._files as files
+
+    ids = _noisy_jpegs(tmp_path / "images", 12)
+    csv = _ham_csv(tmp_path / "meta.csv", *ids)
+    first = import_dataset(store, "ham10000", csv, tmp_path / "images")
+    assert (first.imported, first.files_decoded, first.files_reused, counted_decodes[0]) == (12, 12, 0, 12)
+    stored = store.cases()
+
+    def never(*args):
+        raise AssertionError("an unchanged file was read")
+
+    monkeypatch.setattr(files, "read_image_file_stat", never)
+    again = import_dataset(store, "ham10000", csv, tmp_path / "images")
+    assert (again.imported, again.skipped_duplicates, again.files_decoded, again.files_reused) == (0, 12, 0, 12)
+    assert counted_decodes[0] == 12 and store.cases() == stored
+
+
+def test_a_touched_file_is_hashed_not_decoded_and_a_changed_one_is_decoded(store, tmp_path, counted_decodes):
+    from PIL import Image
+
+    ids = _noisy_jpegs(tmp_path / "images", 4)
+    csv = _ham_csv(tmp_path / "meta.csv", *ids)
+    import_dataset(store, "ham10000", csv, tmp_path / "images")
+    before = by_id(store, "ham10000")
+    touched, changed = tmp_path / "images" / f"{ids[0]}.jpg", tmp_path / "images" / f"{ids[1]}.jpg"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(changed)  # same path, new picture
+    result = import_dataset(store, "ham10000", csv, tmp_path / "images")
+    assert (result.files_decoded, result.files_reused, result.updated, counted_decodes[0]) == (1, 3, 1, 5)
+    after = by_id(store, "ham10000")
+    assert after[ids[0]] == before[ids[0]] and after[ids[1]].image_sha256 != before[ids[1]].image_sha256
+    again = import_dataset(store, "ham10000", csv, tmp_path / "images")  # the new mtimes are remembered
+    assert (again.files_decoded, again.files_reused, counted_decodes[0]) == (0, 4, 5)
+
+
+def test_the_same_files_in_another_folder_are_not_decoded_again(store, tmp_path, counted_decodes):
+    ids = _noisy_jpegs(tmp_path / "images", 5)
+    import_dataset(store, "ham10000", _ham_csv(tmp_path / "meta.csv", *ids), tmp_path / "images")
+    shutil.copytree(tmp_path / "images", tmp_path / "moved")
+    result = import_dataset(store, "ham10000", _ham_csv(tmp_path / "meta.csv", *ids), tmp_path / "moved")
+    assert (result.skipped_duplicates, result.files_decoded, result.files_reused, counted_decodes[0]) == (5, 0, 5, 5)
+
+
+def test_a_cancelled_import_stores_no_case_and_the_next_run_resumes(store, tmp_path, monkeypatch):
+    """A cancel mid-import leaves no case stored; the finished batches' files are not decoded by the re-run."""
+    import mmcore.importers._files as files
+
+    ids = _noisy_jpegs(tmp_path / "images", 10)
+    csv = _ham_csv(tmp_path / "meta.csv", *ids)
+    monkeypatch.setattr(files, "BATCH", 3)
+    decoded: list[bytes] = []
+
+    def cancel_on_the_seventh(data, *args, **kwargs):
+        if len(decoded) == 6:
+            raise KeyboardInterrupt  # what Ctrl-C raises; a job's SIGTERM kills the process outright (a crash)
+        decoded.append(data)
+        return load_image(data, *args, **kwargs)
+
+    monkeypatch.setattr(files, "load_image", cancel_on_the_seventh)
+    with pytest.raises(KeyboardInterrupt):
+        import_dataset(store, "ham10000", csv, tmp_path / "images", workers=1)
+    assert store.count() == 0  # all or nothing: the cases are one transaction at the end
+    decoded.clear()
+    monkeypatch.setattr(files, "load_image", lambda data, *a, **k: decoded.append(data) or load_image(data, *a, **k))
+    result = import_dataset(store, "ham10000", csv, tmp_path / "images", workers=1)
+    assert result.imported == 10 and (result.files_reused, result.files_decoded) == (6, 4) and len(decoded) == 4
+
+
+def test_imports_decode_in_parallel_and_never_wait_for_upload_slots(store, tmp_path, monkeypatch):
+    """Before: one image at a time, and the intake's two upload slots would have capped a pool at two decodes."""
+    import threading
+    import time
+
+    import mmcore.images as images
+    import mmcore.importers._files as files
+
+    ids = _noisy_jpegs(tmp_path / "images", 12)
+    running, peak, guard = [0], [0], threading.Lock()
+
+    def slow(data, *args, **kwargs):
+        with guard:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        try:
+            return load_image(data, *args, **kwargs)
+        finally:
+            with guard:
+                running[0] -= 1
+
+    monkeypatch.setattr(files, "load_image", slow)
+    monkeypatch.setattr(images, "DECODE_WAIT_S", 0.01)
+    csv = _ham_csv(tmp_path / "meta.csv", *ids)
+    for _ in range(images.MAX_CONCURRENT_DECODES):  # uploads hold every slot for the whole import
+        images._DECODE_SLOTS.acquire()
+    try:
+        result = import_dataset(store, "ham10000", csv, tmp_path / "images", workers=3)
+    finally:
+        for _ in range(images.MAX_CONCURRENT_DECODES):
+            images._DECODE_SLOTS.release()
+    assert result.imported == 12 and not result.rejected and peak[0] == 3
+
+
+def test_an_error_while_storing_undoes_the_files_and_the_next_run_decodes_them_again(store, tmp_path, counted_decodes):
+    """An error (not a cancel) removes the image files it wrote; the rows that named them are not trusted after."""
+    ids = _noisy_jpegs(tmp_path / "images", 4)
+    csv = _ham_csv(tmp_path / "meta.csv", *ids)
+    real_upsert = CaseStore.upsert
+    CaseStore.upsert = lambda self, cases: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            import_dataset(store, "ham10000", csv, tmp_path / "images")
+    finally:
+        CaseStore.upsert = real_upsert
+    assert store.count() == 0 and not [p for p in (store.home / "images").rglob("*") if p.is_file()]
+    result = import_dataset(store, "ham10000", csv, tmp_path / "images")
+    assert (result.imported, result.files_decoded, counted_decodes[0]) == (4, 4, 8)
+
+
+# ---- issue 14: a real dataset's layout, without P1 notes, promoted through the CLI, is indexed in full ----
+
+
+def test_ham10000_without_p1_notes_is_indexed_in_full_after_a_cli_promotion(home, capsys):
+    import dataclasses
+
+    from mmcore.cases import DX_CLASSES
+    from mmcore.config import load_config
+    from mmcore.index import close_indexes, get_index
+    from mmcore.model import build_model
+    from mmcore.model_store import active_version, save_version
+
+    cfg = dataclasses.replace(load_config("tiny", env={}), home=home)
+    metadata = str(FIXTURES / "ham10000/HAM10000_metadata.csv")
+    assert main(["import", "--format", "ham10000", "--metadata", metadata, "--images", str(FIXTURES / "ham10000")]) == 0
+    with CaseStore(home) as store:
+        cases = store.cases(with_notes=True)
+    assert cases and all(c.image_path for c in cases) and not any(c.notes.get("P1") for c in cases)
+    version = save_version(build_model(cfg.model, DX_CLASSES).eval(), cfg)  # tiny towers, not evaluated
+    capsys.readouterr()
+    try:
+        assert main(["models", "promote", version, "--allow-unevaluated", "--config", "tiny", "--json"]) == 0
+        assert active_version(cfg) == version
+        image_index = get_index(cfg)._snapshot(version, "image")
+        assert sorted(image_index.ids) == sorted(c.case_id for c in cases)  # every case, by its image
+        close_indexes()  # the query command opens the index itself
+        capsys.readouterr()
+        query = ["index", "query", "--text", "pigmented lesion on the back, grown over a year", "--k", "3"]
+        assert main([*query, "--config", "tiny", "--json"]) == 0  # a note searched among the photos
+    finally:
+        close_indexes()
+    hits = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["hits"]
+    assert len(hits) == 3 and {h["case_id"] for h in hits} <= {c.case_id for c in cases}
+    assert all(h["score"] >= hits[-1]["score"] for h in hits)

@@ -361,6 +361,48 @@ def test_hits_carry_their_percentile_among_the_librarys_own_neighbours(library):
     assert 100 * np.searchsorted(reference, 0.2) / len(reference) < 5
 
 
+# ---- issue 14: a build writes only what the collection lacks, so a stopped build resumes where it stopped ----
+
+
+def test_a_build_writes_only_rows_that_are_new_or_changed(library, tmp_path):
+    import dataclasses
+
+    cases, vectors = library["cases"], library["image"]
+    with CaseIndex(tmp_path / "index") as index:
+        assert index.upsert("v1", "image", cases, vectors) == N
+        assert index.upsert("v1", "image", cases, vectors) == 0  # nothing changed: nothing written
+        moved = vectors.copy()
+        moved[7] = _unit(np.random.default_rng(1), 1)[0]
+        older = dataclasses.replace(cases[3], age=33.0)
+        assert index.upsert("v1", "image", [*cases[:3], older, *cases[4:]], moved) == 2
+        assert index.search("v1", moved[7], k=1)[0].case_id == cases[7].case_id
+        assert index.search("v1", moved[3], k=1)[0].metadata["age"] == 33.0
+
+
+def test_a_build_stopped_halfway_resumes_without_writing_its_finished_batches(library, tmp_path, monkeypatch):
+    import mmcore.index as index_module
+
+    monkeypatch.setattr(index_module, "_WRITE_BATCH", 100)
+    batches = []
+
+    def stop_after_the_first_batch(n: int) -> None:
+        batches.append(n)
+        if len(batches) == 1:
+            raise KeyboardInterrupt  # a cancel, or a crash, after the first batch was written
+
+    with CaseStore(library["home"]) as store, CaseIndex(tmp_path / "index") as index:
+        with pytest.raises(KeyboardInterrupt):
+            index.build("v1", store, modalities=["image"], progress=stop_after_the_first_batch)
+        assert index.counts("v1")["image"] == 100
+        written = []
+        real_upsert = index_module.CaseIndex.upsert
+        monkeypatch.setattr(
+            index_module.CaseIndex, "upsert", lambda self, *a, **k: written.append(real_upsert(self, *a, **k))
+        )
+        assert index.build("v1", store, modalities=["image"]) == {"image": N}
+        assert written == [N - 100] and index.counts("v1")["image"] == N
+
+
 def test_a_note_query_is_measured_against_the_librarys_own_notes(library):
     """A note is never as close to a photo as a photo is: its percentile compares it with library notes."""
     from mmcore.index import neighbour_similarities

@@ -237,9 +237,17 @@ def test_promote_refuses_an_unevaluated_version_unless_told(store_cfg, closing_i
     with pytest.raises(PromotionRefused, match="no test evaluation"):
         promote(store_cfg, version, "alice")
     assert active_version(store_cfg) is None
-    steps = []
-    result = promote(store_cfg, version, "alice", progress=lambda f, t: steps.append(f), allow_unevaluated=True)
+    steps, stages = [], []
+
+    def progress(fraction: float, text: str, *, stage: str = "", done: int | None = None, total: int | None = None):
+        steps.append(fraction)
+        stages.append((stage, done, total))
+
+    result = promote(store_cfg, version, "alice", progress=progress, allow_unevaluated=True)
     assert active_version(store_cfg) == version and result.previous is None
+    # each stage reports its own counts by keyword (what the Admin page's bar and ETA are drawn from)
+    assert ("embedding images", 84, 84) in stages and ("embedding notes", 84, 84) in stages
+    assert ("indexing", 168, 168) in stages and stages[0][0] == "loading" and stages[-1][0] == "done"
     assert result.indexed == {"image": 84, "text": 84} and result.embedded.embedded == {"image": 84, "text": 84}
     assert steps == sorted(steps) and steps[-1] == 1.0
     entries = AuditLog(store_cfg.audit_path).read(event="promote")
