@@ -11,9 +11,9 @@ export MMDERM_HOME ?= $(CURDIR)/var
 # pip here prints a warning for every registry folder it skips; they say nothing about our install.
 PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: setup run demo test lint format chromium env-check screenshots clean-home
+.PHONY: setup run demo test lint format system-deps chromium env-check screenshots clean-home
 
-setup: $(STAMP) chromium
+setup: $(STAMP) system-deps
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@echo "== creating $(VENV) (torch + torchvision from the registry: ~5 GB, a few minutes the first time)"
@@ -28,14 +28,19 @@ env-check:
 	$(BIN)/pip check
 	$(BIN)/python -c "import torch, torchvision, mmcore; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 
-# Debian chromium drives the browser test (never `playwright install`: it downloads a browser).
-chromium:
-	@if command -v chromium >/dev/null 2>&1; then :; \
+# Debian packages the tests need: chromium drives the browser test (never `playwright install`: it downloads a
+# browser); poppler-utils (pdftotext, pdftoppm) reads the consult PDFs back. Skipped when both are already there.
+SYSTEM_PACKAGES := chromium:chromium poppler-utils:pdftotext
+system-deps:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+		command -v "$${pair#*:}" >/dev/null 2>&1 || missing="$$missing $${pair%%:*}"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		echo "== installing Debian chromium for the browser test"; \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
-	else echo "== no apt-get: install chromium yourself to run the browser test"; fi
+		echo "== installing Debian$$missing for the tests"; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	else echo "== no apt-get: install$$missing yourself (the browser test and the consult PDF tests need them)"; fi
+chromium: system-deps
 
 demo: $(STAMP)
 	$(BIN)/python -m mmcore demo

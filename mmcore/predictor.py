@@ -27,6 +27,7 @@ from mmcore.audit import AuditLog, sha256_text
 from mmcore.calibrate import Calibration
 from mmcore.case_filters import CaseFilter
 from mmcore.cases import DX_NAMES, MALIGNANCY, CaseStore
+from mmcore.concepts import FindingScore
 from mmcore.config import Config
 from mmcore.devices import resolve_device
 from mmcore.explain_image import IMAGE_METHODS, attribute_image, model_lock, similarity_maps
@@ -450,6 +451,12 @@ class Predictor:
         out = self._forward(image, note)
         vectors = {"image": out.image_embeds, "text": out.text_embeds}
         return {k: v[0].float().cpu().numpy() for k, v in vectors.items() if v is not None}
+
+    def findings(self, image_bytes: bytes) -> list[FindingScore]:
+        """A score per ABCD finding of the photo (probe-calibrated where the version has one), in vocabulary order."""
+        from mmcore.explain_findings import score_findings
+
+        return score_findings(self, image_bytes)
 
     def similar(
         self,

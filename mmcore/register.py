@@ -1,7 +1,7 @@
 """What a finished training run leaves behind: the model version with its card (training data, run, what trained),
 then what makes the version usable and honest: its calibration and out-of-distribution scorer (fitted on the
-validation split), its test evaluation and the quality of its explanations. `complete_version` redoes the latter
-for an existing version.
+validation split), its findings probe (fitted on the training split's recorded findings), its test evaluation and the
+quality of its explanations. `complete_version` redoes the latter for an existing version.
 """
 
 from __future__ import annotations
@@ -115,13 +115,27 @@ def register_run(
 
 def complete_version(cfg: Config, version: str, loaded: LoadedModel | None = None) -> ModelCard:
     """Make a saved version usable and honest: its calibration and out-of-distribution gate fitted on the training and
-    validation splits, then its test evaluation (see evaluation_strategy); returns its card."""
+    validation splits, its findings probe on the training split's recorded findings (stored beside the OOD scorer,
+    hashed; none when too few cases have findings), then its test evaluation (see evaluation_strategy); returns its
+    card."""
+    from mmcore.concepts import fit_findings
     from mmcore.evaluate import run_evaluation
     from mmcore.model_store import load_version, read_card
 
     loaded = loaded or load_version(cfg, version)
     fit_trust(cfg, loaded)
     loaded = load_version(cfg, version)  # with its OOD scorer and calibration
+    findings = fit_findings(cfg, loaded)
+    if findings is None:
+        _say("no training case has enough recorded findings: findings stay zero-shot (uncalibrated) for this version")
+    else:
+        summary = findings.extra["findings"]
+        mean = summary["val_auroc_mean"]
+        _say(
+            f"findings probe fitted for {len(summary['probed'])} findings"
+            + (f" (mean validation AUROC {mean:.2f})" if mean is not None else "")
+        )
+        loaded = load_version(cfg, version)  # with the probe's files in its card
     strategy = evaluation_strategy(cfg, loaded.card)
     if strategy is None:
         _say(f"warning: no note strategy covers every test case; {version} is not evaluated (eval it by hand)")

@@ -1,4 +1,5 @@
-"""Diagnose: a lesion photo and a clinical note -> model scores per modality, explanations, similar cases."""
+"""Diagnose: a lesion photo and a clinical note -> model scores per modality, the findings the model sees, explanations,
+similar cases, and the analysis as a consult PDF."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import streamlit as st
 
 from pages._lib import loaders
 from pages._lib.feedback import render_feedback_form
+from pages._lib.findings import finding_map_ui, render_finding_map, render_findings
 from pages._lib.verdict import render_similar_warning, render_verdict
 from pages._lib.widgets import (
     case_inputs_ui,
@@ -50,7 +52,8 @@ else:
         st.stop()
     st.session_state["diagnose_result"] = ((predictor.version, request), result)
 # Whether the inputs are like the training data comes first; scores of out-of-distribution inputs stay hidden.
-if render_verdict(result.check, key=f"diagnose_show_scores_{result.image_sha256[:12]}_{result.note_sha256[:12]}"):
+shown = render_verdict(result.check, key=f"diagnose_show_scores_{result.image_sha256[:12]}_{result.note_sha256[:12]}")
+if shown:
     render_prediction(result)
 
 
@@ -74,8 +77,54 @@ def why() -> None:
         if note:
             render_word_attributions(explanation)
             render_attention(explanation, "diagnose")
+    similar_future = st.session_state["diagnose_similar"][1]
+
+    def consult() -> bytes:
+        """Built when the button is pressed (and audited then): this analysis, with the explanation chosen above."""
+        from mmcore.consult import consult_pdf
+
+        similar = similar_future.result() if similar_future.exception() is None else None
+        return consult_pdf(
+            predictor,
+            image_bytes,
+            note,
+            user=user.name,
+            method=method,
+            target=target,
+            opacity=opacity,
+            show_scores_anyway=shown,
+            metadata=metadata,
+            prediction=result,
+            similar=similar,
+        )
+
+    st.download_button(
+        "Download consult PDF",
+        data=consult,
+        file_name=f"consult_{(result.image_sha256 or result.note_sha256)[:12]}.pdf",
+        mime="application/pdf",
+        on_click="ignore",
+        key="diagnose_consult",
+        help="This analysis as a PDF: the verdict first, scores, overlay, findings, similar cases, model and input "
+        "hashes; the research-use disclaimer on every page. The export is written to the audit log.",
+    )
 
 
+@st.fragment
+def findings() -> None:
+    """The findings the model sees; choosing a finding's map reruns this panel alone."""
+    from mmcore.explain_findings import explain_finding
+
+    scores = loaders.safe_call(predictor.findings, image_bytes) if result.image_sha256 and shown else None
+    with st.container(key="diagnose_findings_panel"):
+        names = render_findings(scores, shown)
+        if names:
+            fmap = loaders.safe_call(explain_finding, predictor, image_bytes, finding_map_ui("diagnose", names))
+            if fmap is not None:
+                render_finding_map(fmap)
+
+
+findings()
 why()
 
 st.subheader("Similar past cases")

@@ -36,6 +36,7 @@ COMMANDS = {
     "embed": ("embed", "embed every case's image and best note with a model version, into the case store"),
     "index": ("index", "build, query or rebuild the case index"),
     "predict": ("predict", "predict the scores of one photo (and note), with the out-of-distribution verdict"),
+    "report": ("report", "one analysis as a consult PDF"),
     "demo": ("demo", "build the demo: SynthDerm, train, evaluate, promote, index"),
     "jobs": ("jobs", "list, start, cancel or follow background jobs"),
 }

@@ -1,5 +1,6 @@
 """`predict FILE [--note TEXT] [--model V] [--json]`: what the Diagnose page computes, for one photo (and note):
-calibrated scores, the out-of-distribution verdict first, warnings; audited like the page. Exit 0 whenever a verdict
+calibrated scores, the out-of-distribution verdict first, warnings, and (with --json) the photo's findings; audited like
+the page. Exit 0 whenever a verdict
 was produced (in or out of distribution), 2 for an unusable file."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from mmcore.audit import acting_user
 from mmcore.commands import CliError, emit
+from mmcore.concepts import FindingScore
 from mmcore.config import Config
 from mmcore.images import ImageRejected
 from mmcore.model_store import ModelStoreError
@@ -34,16 +36,18 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     try:
         predictor = Predictor.from_config(cfg, args.model)
         prediction = predictor.predict(image_bytes, args.note, user=acting_user(), top_k=max(1, args.top))
+        findings = predictor.findings(image_bytes) if image_bytes is not None and args.json else None
     except ImageRejected as e:
         raise CliError(f"{args.file}: {e}") from None
     except (ModelStoreError, ValueError) as e:
         raise CliError(str(e)) from None
-    emit(args, payload(prediction), text(prediction))
+    emit(args, payload(prediction, findings), text(prediction))
     return 0
 
 
-def payload(p: Prediction) -> dict:
-    """The JSON contract of `predict --json` (calibrated probabilities; the verdict on the inputs beside them)."""
+def payload(p: Prediction, findings: list[FindingScore] | None = None) -> dict:
+    """The JSON contract of `predict --json` (calibrated probabilities; the verdict on the inputs beside them;
+    "findings": name -> score in [0, 1] for a photo, probe-calibrated where the version has a probe, else null)."""
     scores = p.probabilities[p.modality] or {}
     check = p.check
     return {
@@ -57,6 +61,7 @@ def payload(p: Prediction) -> dict:
         "ood_threshold": check.ood_threshold,
         "reasons": list(check.reasons),
         "warnings": list(p.warnings),
+        "findings": None if findings is None else {f.name: round(f.score, 4) for f in findings},
     }
 
 

@@ -165,3 +165,29 @@ def test_an_example_fills_the_photo_and_the_note(app_env):
 def test_the_patient_details_say_the_model_reads_none_of_them(app_env):
     at = open_page(PAGE)
     assert any("change no score" in c.value for c in at.caption)
+
+
+def test_the_findings_panel_and_the_consult_download_appear(app_env):
+    from mmcore.concepts import FINDING_NAMES
+    from pages._lib.findings import MEANINGS
+
+    assert set(MEANINGS) == set(FINDING_NAMES)  # every finding scored is explained
+    at = _run(lesion_png(), NOTE)
+    assert not at.exception
+    assert any(h.value == "Findings the model sees" for h in at.subheader)
+    assert any(c.value.startswith("Research output, not clinical findings") for c in at.caption)
+    scored = [b for b in at.get("progress") if "validation AUROC" in b.proto.text or b.proto.text[:1].isdigit()]
+    assert scored, "no finding score drawn"
+    shown = at.selectbox(key="diagnose_finding")
+    assert shown.value in FINDING_NAMES and shown.options
+    captions = [im.caption for element in at.get("image") for im in element.proto.imgs]
+    assert f"Grad-CAM of the {shown.value} score: where the photo drives it (outline: top 20%)" in captions
+    (button,) = [d for d in at.get("download_button") if d.proto.label == "Download consult PDF"]
+    assert not button.proto.disabled
+
+
+def test_findings_of_an_out_of_distribution_photo_wait_with_its_scores(app_env):
+    at = _run(_text_page_png(), None, name="page.png")
+    assert not at.exception
+    assert any(c.value.startswith("Withheld with the class scores") for c in at.caption)
+    assert not [s for s in at.selectbox if s.key == "diagnose_finding"]

@@ -2,14 +2,18 @@
 
 Upload a photo, type a note, get scores and an overlay, open Similar cases and the Model report; open the Admin
 URL as a first request without signing in and see no admin content; sign in as admin, start a tiny training job
-and see its curve. Screenshots go to MMDERM_SCREENSHOTS when set (`make screenshots` runs this on a scratch copy of
-the demo home and writes docs/screenshots/), else to a temporary folder.
+and see its curve; confirm a diagnosis with consent and find it in the admin's review queue; see the findings the
+model sees and download the consult PDF. Screenshots go to MMDERM_SCREENSHOTS when set (`make screenshots` runs this
+on a scratch copy of the demo home and writes docs/screenshots/), else to a temporary folder.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -66,8 +70,9 @@ def _drawn(page) -> None:
     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")  # two frames
 
 
-def _shot(page, name: str) -> None:
-    """A screenshot of the whole page: Streamlit scrolls inside its own container, so grow the viewport to it."""
+def _shot(page, name: str, element=None) -> None:
+    """A screenshot of the whole page (or of one element of it): Streamlit scrolls inside its own container, so grow
+    the viewport to it."""
     folder = Path(os.environ.get("MMDERM_SCREENSHOTS") or Path(tempfile.gettempdir()) / "mmderm-shots")
     folder.mkdir(parents=True, exist_ok=True)
     _drawn(page)
@@ -78,7 +83,7 @@ def _shot(page, name: str) -> None:
     width = page.viewport_size["width"]
     page.set_viewport_size({"width": width, "height": min(int(height) + 40, 7000)})
     _drawn(page)
-    page.screenshot(path=str(folder / name))
+    (element or page).screenshot(path=str(folder / name))
     page.set_viewport_size({"width": width, "height": 1000})
 
 
@@ -147,12 +152,54 @@ def test_admin_url_as_first_request_shows_nothing_without_login(served, page):
     assert page.get_by_role("link", name="Admin").count() == 0  # no link to it either
 
 
-def test_admin_signs_in_starts_a_job_and_sees_its_curve(served, page):
-    url, _, config = served
+def _sign_in_as_admin(page, url: str) -> None:
     page.goto(url)
     page.get_by_text("Admin sign-in").first.click()
     page.get_by_role("textbox", name="Password").fill(ADMIN_PASSWORD)
     page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Signed in as").first.wait_for()
+
+
+def test_a_confirmed_diagnosis_reaches_the_review_queue_and_the_consult_pdf_downloads(served, page, tmp_path):
+    url, _, _ = served
+    _sign_in_as_admin(page, url)
+    page.get_by_role("link", name="Diagnose").first.click()
+    page.get_by_text("Clinical note").first.wait_for()
+    page.locator("input[type=file]").first.set_input_files(str(_lesion_file(tmp_path)))
+    page.get_by_label("Clinical note").fill(NOTE)
+    page.get_by_label("Clinical note").press("Control+Enter")
+    page.get_by_role("button", name="Analyse").click()
+    page.get_by_text("Findings the model sees").first.wait_for()
+    panel = page.locator(".st-key-diagnose_findings_panel")
+    panel.get_by_text("Research output, not clinical findings").wait_for()
+    panel.get_by_text("Grad-CAM of the").first.wait_for()
+    _shot(page, "diagnose_findings.png", element=panel)
+
+    # The consult PDF is built when the button is pressed, then downloaded.
+    with page.expect_download() as started:
+        page.get_by_role("button", name="Download consult PDF").click()
+    pdf = tmp_path / "consult.pdf"
+    started.value.save_as(pdf)
+    assert started.value.suggested_filename.endswith(".pdf") and pdf.read_bytes().startswith(b"%PDF")
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+        assert "Research use only" in text and "Findings the model sees" in text
+
+    # Confirm the diagnosis with consent; the admin finds it in the review queue.
+    page.get_by_text("Confirm or correct the diagnosis").first.click()
+    page.get_by_text("The patient consented").first.click()
+    page.get_by_role("button", name="Submit for review").click()
+    page.get_by_text("is waiting for an admin's review").first.wait_for()
+    page.get_by_role("link", name="Admin").first.click()
+    page.get_by_role("tab", name="Feedback").click()
+    page.get_by_text(re.compile(r"#\d+ by admin")).first.wait_for()
+    page.get_by_role("button", name="Accept into the library").first.wait_for()
+    assert page.get_by_text("Traceback").count() == 0
+
+
+def test_admin_signs_in_starts_a_job_and_sees_its_curve(served, page):
+    url, _, config = served
+    _sign_in_as_admin(page, url)
     page.get_by_role("link", name="Admin").first.click()
     page.get_by_role("tab", name="Training").click()
     form = page.get_by_label("Preset")

@@ -14,6 +14,7 @@ from PIL import Image
 
 from mmcore.audit import AuditLog
 from mmcore.commands import COMMANDS, build_parser, main
+from mmcore.concepts import FINDING_NAMES
 
 
 def _run(args: list[str], home) -> subprocess.CompletedProcess:
@@ -153,6 +154,7 @@ def test_predict_json_keeps_its_contract(tiny_home, tmp_path, monkeypatch, capsy
         "ood_threshold",
         "reasons",
         "warnings",
+        "findings",
     }
     code, out, err = run("predict", str(lesion), "--note", note, "--json")
     assert code == 0, err
@@ -162,6 +164,7 @@ def test_predict_json_keeps_its_contract(tiny_home, tmp_path, monkeypatch, capsy
     assert sum(ok["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert [t["dx"] for t in ok["top"]] == sorted(ok["probabilities"], key=ok["probabilities"].get, reverse=True)[:3]
     assert all(t["malignancy"] in ("benign", "malignant", "indeterminate") for t in ok["top"])
+    assert list(ok["findings"]) == list(FINDING_NAMES) and all(0 <= v <= 1 for v in ok["findings"].values())
 
     code, out, err = run("predict", str(page), "--json")
     assert code == 0, err  # a verdict was produced: exit 0, in or out of distribution
@@ -180,3 +183,5 @@ def test_predict_json_keeps_its_contract(tiny_home, tmp_path, monkeypatch, capsy
     assert scored["modality"] == "image" and scored["in_distribution"] is True
     assert any(w.startswith("The note was not used") for w in scored["warnings"])
     assert [e["in_distribution"] for e in entries[-3:]] == [True, False, False]
+    code, out, _ = run("predict", "--note", note, "--json")
+    assert code == 0 and json.loads(out)["findings"] is None  # a note alone has no photo to read findings from

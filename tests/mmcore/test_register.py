@@ -1,5 +1,5 @@
-"""What a finished run leaves: the version's OOD scorer and calibration fitted (files hashed, card filled), then its
-test evaluation; `models fit-ood` refits an existing version."""
+"""What a finished run leaves: the version's OOD scorer and calibration fitted (files hashed, card filled), its findings
+probe, then its test evaluation; `models fit-ood` refits an existing version."""
 
 from __future__ import annotations
 
@@ -55,6 +55,9 @@ def test_complete_version_evaluates_calibrated_scores_on_test(saved):
     temperatures = card.calibration["temperatures"]
     result = json.loads((cfg.models_dir / version / "eval_test_clinical.json").read_text())
     assert result["classification"]["image"]["temperature"] == pytest.approx(temperatures["image"])
+    # The findings probe is fitted on the training split's recorded findings and stored hashed beside the OOD scorer.
+    assert {"findings.safetensors", "findings.json"} <= set(card.files) and card.extra["findings"]["probed"]
+    assert load_version(cfg, version).card.extra["findings"]["fitted_on"].startswith("train split")
 
 
 def test_models_fit_ood_refits_an_existing_version(saved, capsys):
