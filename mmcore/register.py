@@ -40,7 +40,8 @@ def trained_parts(cfg: Config) -> dict[str, list[str]]:
     if t.finetune == "heads":
         return {"image": [], "text": []}
     if t.finetune == "partial":
-        return {"image": [f"last {t.trainable_blocks} blocks"], "text": [f"last {t.trainable_blocks} layers"]}
+        text = [f"last {t.trainable_text_layers} layers"] if t.trainable_text_layers else []
+        return {"image": [f"last {t.trainable_blocks} blocks"], "text": text}
     return {"image": ["all"], "text": ["all"]}
 
 

@@ -66,3 +66,21 @@ def test_models_fit_ood_refits_an_existing_version(saved, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["model"] == version and np.isfinite(out["ood"]["image"]["threshold"])
     assert load_version(cfg, version).ood is not None
+
+
+@pytest.mark.parametrize(
+    ("finetune", "text_layers", "expected"),
+    [
+        ("heads", 0, {"image": [], "text": []}),
+        ("partial", 0, {"image": ["last 2 blocks"], "text": []}),
+        ("partial", 1, {"image": ["last 2 blocks"], "text": ["last 1 layers"]}),
+        ("full", 0, {"image": ["all"], "text": ["all"]}),
+    ],
+)
+def test_the_card_names_the_parts_that_learned(finetune, text_layers, expected):
+    """The demo's partial run keeps the text tower frozen: its card must not claim trained text layers."""
+    from mmcore.register import trained_parts
+
+    sets = [f"train.finetune={finetune}", "train.trainable_blocks=2", f"train.trainable_text_layers={text_layers}"]
+    cfg = load_config("tiny", sets=sets, env={})
+    assert trained_parts(cfg) == expected
