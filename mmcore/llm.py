@@ -197,7 +197,10 @@ class LocalCausalLM:
         path = Path(path)
         if not (path / "config.json").is_file():
             raise LLMError(f"{path} is not a transformers model directory (no config.json)")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from mmcore.text_encoders import TRANSFORMERS_IMPORT_LOCK
+
+        with TRANSFORMERS_IMPORT_LOCK:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -1,4 +1,5 @@
-"""Text towers: a tokenizer and an encoder giving a pooled note vector (B, F), attentions and token embeddings.
+"""Text towers: a tokenizer and an encoder giving a pooled note vector (B, F), attentions and token embeddings, and
+their split into a frozen trunk and a trainable top (partial fine-tuning).
 
 Builders are registered in TEXT_ENCODERS under their own name. Every tower tokenizes with a `tokenizers.Tokenizer`
 and can write its tokenizer and architecture (`save_assets`) so that a saved model rebuilds from its own folder,
@@ -25,6 +26,11 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mmcore.config import ModelConfig, resolve_path
 from mmcore.registry import Registry
+
+# transformers 5 resolves its public names lazily (a module __getattr__), and that is not thread-safe: two threads
+# importing from it at once (the predictor's warm-up beside a promotion loading another version) can fail with
+# "ImportError: cannot import name 'BertConfig'". Every import of transformers names in mmcore holds this lock.
+TRANSFORMERS_IMPORT_LOCK = threading.Lock()
 
 TOKENIZER_FILE = "tokenizer.json"
 TOWER_FILE = "text_tower.json"
@@ -53,7 +59,13 @@ class TextEncoderOutput:
 
 
 class TextEncoder(nn.Module):
-    """Base of the text towers: `forward(input_ids (B, T), attention_mask (B, T)) -> TextEncoderOutput`."""
+    """Base of the text towers: `forward(input_ids (B, T), attention_mask (B, T)) -> TextEncoderOutput`.
+
+    A tower is a chain: token embeddings, `num_blocks` blocks (transformer layers; the BiLSTM), then pooling.
+    `split_trunk(n)` cuts it before the last n blocks, for partial fine-tuning on cached trunk activations.
+    """
+
+    num_blocks: int = 0  # how many blocks split_trunk can leave trainable
 
     def __init__(
         self, name: str, feature_dim: int, tokenizer: Tokenizer, max_positions: int, pretrained: bool, source: str
@@ -88,6 +100,20 @@ class TextEncoder(nn.Module):
         """Token strings for one sequence of ids (what the attribution views print under each score)."""
         values = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
         return [self.tokenizer.id_to_token(int(i)) or "[UNK]" for i in values]
+
+    def split_trunk(self, n_trainable: int) -> tuple[nn.Module, nn.Module]:
+        """(trunk, top) made of this tower's own modules (shared, not copied), cut before the last `n_trainable`
+        blocks: trunk(input_ids (B, T), attention_mask (B, T)) -> hidden (B, T, H), the input of the first trainable
+        block; top(hidden, attention_mask) -> pooled (B, feature_dim). top(trunk(ids, mask)) computes forward's
+        pooled vector; a padded position's hidden state never reaches a real token's output or the pooling.
+        """
+        if not 0 <= n_trainable <= self.num_blocks:
+            raise ValueError(f"{self.name} has {self.num_blocks} blocks; cannot leave {n_trainable} trainable")
+        return self._split(self.num_blocks - n_trainable)
+
+    def _split(self, k: int) -> tuple[nn.Module, nn.Module]:
+        """(embeddings + blocks [0, k), blocks [k, num_blocks) + pooling)."""
+        raise NotImplementedError
 
     def tower_spec(self) -> dict[str, Any]:
         """What rebuilds the architecture without the pretrained files (written as text_tower.json)."""
@@ -200,6 +226,7 @@ class HFTextEncoder(TextEncoder):
         super().__init__(name, config.hidden_size, tokenizer, config.max_position_embeddings, pretrained, source)
         self.model = model
         self.pooling = pooling
+        self.num_blocks = config.num_hidden_layers
 
     @property
     def token_embeddings(self) -> nn.Embedding:
@@ -210,18 +237,62 @@ class HFTextEncoder(TextEncoder):
     ) -> TextEncoderOutput:
         with _eager_attention(self.model) if output_attentions else contextlib.nullcontext():
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=output_attentions)
-        hidden = out.last_hidden_state  # (B, T, H)
-        if self.pooling == "mean":  # sentence-transformers mean pooling over real tokens
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, H)
-        elif self.pooling == "pooler":  # the paper's BERT: the pooler output (tanh(W h_[CLS]))
-            pooled = out.pooler_output  # (B, H)
-        else:
-            pooled = hidden[:, 0]  # (B, H) the [CLS] state
+        pooled = _pool(out.last_hidden_state, attention_mask, self.pooling, self.model.pooler)  # (B, H)
         return TextEncoderOutput(pooled=pooled, attentions=tuple(out.attentions) if output_attentions else None)
+
+    def _split(self, k: int) -> tuple[nn.Module, nn.Module]:
+        layers = list(self.model.encoder.layer)
+        pooler = self.model.pooler if self.pooling == "pooler" else None
+        trunk = _BertTrunk(self.model.embeddings, layers[:k], self.model.config)
+        return trunk, _BertTop(layers[k:], self.model.config, self.pooling, pooler)
 
     def tower_spec(self) -> dict[str, Any]:
         return {"kind": "transformers", "pooling": self.pooling, "config": self.model.config.to_dict()}
+
+
+def _pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str, pooler: nn.Module | None) -> torch.Tensor:
+    """(B, T, H) last hidden states -> (B, H): mean over real tokens, the pooler, or the [CLS] state."""
+    if pooling == "mean":  # sentence-transformers mean pooling over real tokens
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    if pooling == "pooler":  # the paper's BERT: the pooler output (tanh(W h_[CLS]))
+        return pooler(hidden)
+    return hidden[:, 0]  # the [CLS] state
+
+
+def _run_layers(layers: nn.ModuleList, config: Any, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """BERT layers over (B, T, H) hidden states with the attention mask BertModel.forward builds from (B, T)."""
+    with TRANSFORMERS_IMPORT_LOCK:
+        from transformers.masking_utils import create_bidirectional_mask
+
+    mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask)
+    for layer in layers:
+        out = layer(hidden, mask)  # as BertEncoder calls it (no cross-attention, no cache)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+class _BertTrunk(nn.Module):
+    """Token embeddings and the first BERT layers: (input_ids, attention_mask) -> hidden (B, T, H)."""
+
+    def __init__(self, embeddings: nn.Module, layers: list[nn.Module], config: Any) -> None:
+        super().__init__()
+        self.embeddings, self.layers, self.config = embeddings, nn.ModuleList(layers), config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return _run_layers(self.layers, self.config, self.embeddings(input_ids=input_ids), attention_mask)
+
+
+class _BertTop(nn.Module):
+    """The last BERT layers and the pooling: (hidden (B, T, H), attention_mask) -> pooled (B, H)."""
+
+    def __init__(self, layers: list[nn.Module], config: Any, pooling: str, pooler: nn.Module | None) -> None:
+        super().__init__()
+        self.layers, self.config, self.pooling, self.pooler = nn.ModuleList(layers), config, pooling, pooler
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = _run_layers(self.layers, self.config, hidden, attention_mask)
+        return _pool(hidden, attention_mask, self.pooling, self.pooler)
 
 
 @contextlib.contextmanager
@@ -244,7 +315,8 @@ def _eager_attention(model: nn.Module) -> Iterator[None]:
 
 def _hf_from_dir(name: str, path: Path, pooling: str, pretrained: bool, source: str) -> HFTextEncoder:
     """A BERT-family encoder and its tokenizer from a local directory (never the hub)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    with TRANSFORMERS_IMPORT_LOCK:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a directory; text encoder {name!r} needs a local model directory")
@@ -274,7 +346,8 @@ def _hf_from_dir(name: str, path: Path, pooling: str, pretrained: bool, source: 
 
 def _hf_from_assets(name: str, assets: Path) -> HFTextEncoder:
     """Rebuild a BERT-family tower from a saved version: architecture from the spec, weights loaded later."""
-    from transformers import AutoConfig, AutoModel
+    with TRANSFORMERS_IMPORT_LOCK:
+        from transformers import AutoConfig, AutoModel
 
     tokenizer, spec = _read_assets(assets, name)
     config = dict(spec["config"])
@@ -341,7 +414,8 @@ def tiny_bert(
     cfg: ModelConfig, *, pretrained: bool, assets: Path | None = None, texts: Sequence[str] | None = None
 ) -> TextEncoder:
     """A random 2-layer BERT (hidden 32, 2 heads) built offline: the tiny sibling of minilm and bert."""
-    from transformers import BertConfig, BertModel
+    with TRANSFORMERS_IMPORT_LOCK:
+        from transformers import BertConfig, BertModel
 
     if assets is not None:
         return _hf_from_assets("tiny_bert", assets)
@@ -372,10 +446,10 @@ class BiLSTMAttnEncoder(TextEncoder):
         self.embedding = nn.Embedding(self.tokenizer.get_vocab_size(), embed_dim, padding_idx=self.pad_id)
         self.dropout = nn.Dropout(dropout)
         self.lstm = nn.LSTM(embed_dim, hidden, batch_first=True, bidirectional=True)
-        # score_t = v^T tanh(W h_t + b): one learned query over the token states.
         self.attn_proj = nn.Linear(2 * hidden, hidden)
         self.attn_act = nn.Tanh()
         self.attn_v = nn.Linear(hidden, 1, bias=False)
+        self.num_blocks = 1
 
     @property
     def token_embeddings(self) -> nn.Embedding:
@@ -385,20 +459,67 @@ class BiLSTMAttnEncoder(TextEncoder):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False
     ) -> TextEncoderOutput:
         B, T = input_ids.shape
-        x = self.dropout(self.embedding(input_ids))  # (B, T, E)
-        # Packing keeps padding out of the backward direction's state.
-        lengths = attention_mask.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        h, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=T)  # (B, T, 2H)
-        scores = self.attn_v(self.attn_act(self.attn_proj(h))).squeeze(-1)  # (B, T)
-        scores = scores.masked_fill(attention_mask == 0, torch.finfo(scores.dtype).min)
-        weights = scores.softmax(dim=-1)  # (B, T), sums to 1 over real tokens
-        pooled = (weights.unsqueeze(-1) * h).sum(1)  # (B, 2H)
+        h = self.recur(self.embedding(input_ids), attention_mask)  # (B, T, 2H)
+        pooled, weights = self.attend(h, attention_mask)
         attentions = (weights.view(B, 1, 1, T),) if output_attentions else None
         return TextEncoderOutput(pooled=pooled, attentions=attentions)
 
+    def recur(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, E) token embeddings -> (B, T, 2H) BiLSTM states (the tower's one block)."""
+        return _recur(self.dropout, self.lstm, x, attention_mask)
+
+    def attend(self, h: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, 2H) states -> (pooled (B, 2H), attention weights (B, T) summing to 1 over real tokens)."""
+        return _attend(self.attn_proj, self.attn_act, self.attn_v, h, attention_mask)
+
+    def _split(self, k: int) -> tuple[nn.Module, nn.Module]:
+        return _BiLSTMPart(self, k, 0), _BiLSTMPart(self, k, 1)
+
     def tower_spec(self) -> dict[str, Any]:
         return {"kind": "bilstm_attn", "embed_dim": self.embedding.embedding_dim, "hidden": self.lstm.hidden_size}
+
+
+def _recur(dropout: nn.Module, lstm: nn.LSTM, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    x = dropout(x)
+    # Packing keeps padding out of the backward direction's state.
+    lengths = attention_mask.sum(1).clamp(min=1).cpu()
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    return pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=x.shape[1])[0]  # (B, T, 2H)
+
+
+def _attend(
+    proj: nn.Module, act: nn.Module, v: nn.Module, h: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # score_t = v^T tanh(W h_t + b): one learned query over the token states.
+    scores = v(act(proj(h))).squeeze(-1)  # (B, T)
+    scores = scores.masked_fill(attention_mask == 0, torch.finfo(scores.dtype).min)
+    weights = scores.softmax(dim=-1)  # (B, T), sums to 1 over real tokens
+    return (weights.unsqueeze(-1) * h).sum(1), weights  # (B, 2H), (B, T)
+
+
+class _BiLSTMPart(nn.Module):
+    """The BiLSTM tower cut after its first k blocks (k = 0: after the embeddings; 1: after the BiLSTM).
+
+    trunk (part 0): (input_ids, attention_mask) -> (B, T, E) embeddings or (B, T, 2H) states;
+    top (part 1): (hidden, attention_mask) -> pooled (B, 2H).
+    """
+
+    def __init__(self, tower: BiLSTMAttnEncoder, k: int, part: int) -> None:
+        super().__init__()
+        self.embedding = tower.embedding if part == 0 else None
+        self.dropout, self.lstm = (tower.dropout, tower.lstm) if (k == 1) == (part == 0) else (None, None)
+        self.attn_proj, self.attn_act, self.attn_v = (
+            (tower.attn_proj, tower.attn_act, tower.attn_v) if part == 1 else (None, None, None)
+        )
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.embedding is not None:
+            x = self.embedding(x)  # (B, T, E)
+        if self.lstm is not None:
+            x = _recur(self.dropout, self.lstm, x, attention_mask)  # (B, T, 2H)
+        if self.attn_v is not None:
+            return _attend(self.attn_proj, self.attn_act, self.attn_v, x, attention_mask)[0]  # (B, 2H)
+        return x
 
 
 @TEXT_ENCODERS.register()

