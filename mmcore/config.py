@@ -48,6 +48,9 @@ class LossConfig:
     l1: float = 1.0
     ntxent: float = 0.5
     temperature: float = 0.07
+    # partial fine-tuning: weight of outlier exposure, KL(uniform || softmax) of the image logits of the training
+    # photos redrawn with their lesion removed (SynthDerm only), so that skin alone predicts nothing. 0: off.
+    outlier_exposure: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,10 @@ class TrainConfig:
     finetune: str = "full"
     trainable_blocks: int = 2
     augment_views: int = 4  # partial: augmented views of each image whose trunk activations are cached
+    # partial: top text-tower layers that train (the authors train their text tower's top layer); 0 keeps the text
+    # tower frozen behind its cached pooled features: one MiniLM layer costs more on CPU than two image blocks.
+    trainable_text_layers: int = 0
+    amsgrad: bool = False  # Adam's amsgrad variant, as the paper's code
     note_strategies: tuple[str, ...] = ("P1",)  # one drawn per sample when several
     train_domains: tuple[str, ...] = ()  # empty: every domain
     source: str = ""  # empty: every source in the case store
@@ -200,12 +207,14 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "loss.l1": (0.0, None),
     "loss.ntxent": (0.0, None),
     "loss.temperature": (1e-3, 10.0),
+    "loss.outlier_exposure": (0.0, None),
     "train.epochs": (1, 10_000),
     "train.batch_size": (2, 65_536),  # the alignment losses need pairs
     "train.lr": (1e-8, 1.0),
     "train.weight_decay": (0.0, 1.0),
     "train.trainable_blocks": (0, 64),
     "train.augment_views": (1, 64),
+    "train.trainable_text_layers": (0, 64),
     "train.num_workers": (0, 64),
     "train.max_steps": (0, None),
     "data.synth_n": (1, 1_000_000),

@@ -1,6 +1,7 @@
 """The data side of training and evaluation: which cases and labels, which note each case shows in an epoch,
-class-balanced sampling sharded over DDP ranks, image batches, and the on-disk encoder feature cache of the
-frozen-backbone mode.
+class-balanced sampling sharded over DDP ranks, and the three batch sources: images (full fine-tune), cached encoder
+features (frozen backbones, with their on-disk cache here) and cached trunk activations (partial fine-tune; the
+activation cache is mmcore.activation_cache).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import json
 import os
 import signal
 import sys
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,6 +210,29 @@ def image_loader(
     )
 
 
+def decoded_batches(
+    dataset: CaseImages, batch_size: int, threads: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of (images (B, 3, S, S), indices (B,)) over the dataset in order, decoded by `threads` threads (0: one
+    per core, at most 4) up to two batches ahead of the caller, so decoding overlaps the caller's forward (Pillow
+    decodes and resizes without the GIL). At most three batches of pictures are held at once.
+    """
+    threads = threads or max(1, min(4, os.cpu_count() or 1))
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="mmderm-decode")
+    try:
+        pending: deque[Future] = deque()
+        submitted, n = 0, len(dataset)
+        for start in range(0, n, batch_size):
+            end = min(start + batch_size, n)
+            while submitted < min(n, end + 2 * batch_size):
+                pending.append(pool.submit(dataset.__getitem__, submitted))
+                submitted += 1
+            items = [pending.popleft().result() for _ in range(end - start)]
+            yield torch.stack([image for image, _ in items]), torch.tensor([i for _, i in items])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a caller that stops early leaves no decode running
+
+
 class ImageTextBatches(_EpochSampler):
     """Training batches of images and tokenized notes: inputs for MultimodalModel.forward."""
 
@@ -332,7 +357,10 @@ def image_features(
     cache: FeatureCache | None = None,
     num_workers: int = 0,
 ) -> torch.Tensor:
-    """(N, F_img) image-tower features of the cases' images (eval transform), from the cache where present."""
+    """(N, F_img) image-tower features of the cases' images (eval transform), from the cache where present.
+
+    num_workers: on CPU, threads decoding ahead of the tower (0: one per core); on CUDA, DataLoader worker processes.
+    """
     keys = [c.image_sha256 for c in cases]
     out, missing = _fill(cache, keys, model.image_encoder.feature_dim)
     if missing:
@@ -343,7 +371,10 @@ def image_features(
             tower = model.image_encoder.eval().to(memory_format=torch.channels_last)
         todo = list(missing)
         dataset = CaseImages(store, [cases[missing[k][0]] for k in todo], model.image_transform(train=False))
-        loader = image_loader(dataset, range(len(dataset)), batch_size, num_workers, device.type == "cuda", 0)
+        if device.type == "cuda" and num_workers:  # a GPU outruns what threads decode: worker processes feed it
+            loader = image_loader(dataset, range(len(dataset)), batch_size, num_workers, True, 0)
+        else:  # on CPU, decode threads overlap the tower (workers fought it for the cores: 0.73x the bare forward)
+            loader = decoded_batches(dataset, batch_size, num_workers)
         bar = tqdm(total=len(todo), desc="image features", unit="img", file=sys.stderr)
         for images, idx in loader:
             images = images.to(device).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
@@ -446,3 +477,92 @@ def cached_features(
     texts = [note or "" for s in case_set.strategies for note in case_set.notes[s]]
     feats = text_features(model, texts, device, batch_size, text_cache)  # (S * N, F_txt)
     return images, feats.view(len(case_set.strategies), len(case_set), -1)
+
+
+# ---- trunk-activation batches (the partial fine-tune) -----------------------------------------------------------
+
+
+def pad_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Notes' hidden states (T_i, H) -> (hidden (B, T, H) zero-padded to the longest, attention_mask (B, T))."""
+    hidden = torch.nn.utils.rnn.pad_sequence(list(states), batch_first=True)  # (B, T, H)
+    lengths = torch.tensor([len(x) for x in states])
+    mask = (torch.arange(hidden.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)).long()  # (B, T)
+    return hidden, mask
+
+
+class PartialBatches(_EpochSampler):
+    """Training batches of cached trunk activations: inputs for PartialModel.forward (partial fine-tuning).
+
+    image_acts (N, V, C, h, w): view 0 is the clean image (validation), views 1.. augmented ones; in each epoch
+    every case shows one of its `train_views` first views, drawn deterministically in (seed, epoch), so augmentation
+    survives the cache. The text side is either pooled features (S, N, F) of a frozen text tower or, per strategy,
+    each note's text-trunk states (T_i, H). outlier_acts (M, C, h, w): trunk activations of photos with their lesion
+    removed; every training batch of b cases carries round(b * outlier_ratio) of them (outlier exposure).
+    """
+
+    def __init__(
+        self,
+        case_set: CaseSet,
+        image_acts: torch.Tensor,
+        text: torch.Tensor | dict[str, list[torch.Tensor]],
+        batch_size: int,
+        *,
+        train_views: int,
+        balanced: bool,
+        seed: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        outlier_acts: torch.Tensor | None = None,
+        outlier_ratio: float = 0.5,
+    ) -> None:
+        if not 1 <= train_views <= image_acts.shape[1]:
+            raise ValueError(f"train_views must be between 1 and {image_acts.shape[1]}, got {train_views}")
+        self.case_set = case_set
+        self.image_acts = image_acts.to(device)  # (N, V, C, h, w)
+        self.text = text.to(device) if isinstance(text, torch.Tensor) else text  # (S, N, F) or per-strategy states
+        self.labels = torch.as_tensor(case_set.labels, device=device)  # (N,)
+        self.train_views = train_views
+        self.outlier_acts = outlier_acts.to(device) if outlier_acts is not None and len(outlier_acts) else None
+        self.outlier_ratio = outlier_ratio
+        self.batch_size, self.balanced, self.seed, self.device = batch_size, balanced, seed, device
+        self.rank, self.world_size = rank, world_size
+
+    def views_of(self, epoch: int) -> np.ndarray:
+        """(N,) the view each case shows in `epoch`, the same on every rank and in a resumed run."""
+        return np.random.default_rng([self.seed, epoch, 11]).integers(0, self.train_views, len(self.case_set))
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        choice = choose_notes(self.case_set, self.seed, epoch)  # (N,)
+        views = self.views_of(epoch)
+        order, local = self._rank_order(epoch)
+        for b in range(start, len(order) // local):
+            idx = order[b * local : (b + 1) * local]  # (B,)
+            inputs, labels = self._batch(idx, views[idx], choice[idx])
+            if self.outlier_acts is not None:  # drawn per (seed, epoch, batch, rank): the same in a resumed run
+                k = max(1, round(local * self.outlier_ratio))
+                pick = np.random.default_rng([self.seed, epoch, b, self.rank, 13]).integers(
+                    0, len(self.outlier_acts), k
+                )
+                inputs["outlier_acts"] = self.outlier_acts[torch.as_tensor(pick, device=self.device)]  # (K, C, h, w)
+            yield inputs, labels
+
+    def ordered(self, batch_size: int) -> Iterator[Batch]:
+        """Every case once, in order, clean view, with the notes of epoch 0's draw (validation)."""
+        choice = choose_notes(self.case_set, self.seed, 0)
+        for b in range(0, len(self.case_set), batch_size):
+            idx = np.arange(b, min(b + batch_size, len(self.case_set)))
+            yield self._batch(idx, np.zeros_like(idx), choice[idx])
+
+    def _batch(self, idx: np.ndarray, views: np.ndarray, strategy: np.ndarray) -> Batch:
+        i, v = torch.as_tensor(idx, device=self.device), torch.as_tensor(views, device=self.device)
+        inputs = {"image_acts": self.image_acts[i, v]}  # (B, C, h, w)
+        if isinstance(self.text, torch.Tensor):
+            inputs["text_features"] = self.text[torch.as_tensor(strategy, device=self.device), i]  # (B, F)
+        else:
+            names = self.case_set.strategies
+            hidden, mask = pad_states(
+                [self.text[names[s]][j] for j, s in zip(idx.tolist(), strategy.tolist(), strict=True)]
+            )
+            inputs["text_acts"], inputs["attention_mask"] = hidden.to(self.device), mask.to(self.device)
+        return inputs, self.labels[i]

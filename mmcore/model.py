@@ -1,8 +1,12 @@
-"""MultimodalModel: an image tower and a text tower under the shared heads; `build_model` makes it from config."""
+"""MultimodalModel: an image tower and a text tower under the shared heads; `build_model` makes it from config.
+`PartialModel`: what trains in partial fine-tuning, the towers' tops and the heads on cached trunk activations.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,6 +25,8 @@ __all__ = [
     "TEXT_ENCODERS",
     "MultimodalModel",
     "MultimodalOutput",
+    "PartialModel",
+    "PartialOutput",
     "build_model",
     "resolve_device",
 ]
@@ -43,6 +49,7 @@ class MultimodalModel(nn.Module):
             image_encoder.feature_dim, text_encoder.feature_dim, cfg.embed_dim, len(classes), cfg.fusion, cfg.dropout
         )
         self.backbones_frozen = False
+        self.frozen_parts: list[nn.Module] = []  # stay in eval mode whatever train() says (cached outputs stay valid)
 
     @property
     def image_spec(self) -> ImageSpec:
@@ -95,14 +102,81 @@ class MultimodalModel(nn.Module):
         self.backbones_frozen = True
         for tower in (self.image_encoder, self.text_encoder):
             tower.requires_grad_(False)
-            tower.eval()
+        self.frozen_parts = [self.image_encoder, self.text_encoder]
+        self.train(self.training)
+
+    def split_towers(self, image_blocks: int, text_layers: int) -> tuple[nn.Module, nn.Module, PartialModel]:
+        """Freeze each tower's trunk and return (image trunk, text trunk, the PartialModel that trains).
+
+        The last `image_blocks` image blocks (with the head after them) and the last `text_layers` text layers
+        train, with the heads. text_layers = 0 freezes the whole text tower: its trunk is then the tower itself and
+        the PartialModel reads its pooled features. Frozen parts stay in eval mode, so their cached outputs stay
+        valid; every module is the model's own, so training the PartialModel trains this model.
+        """
+        image_trunk, image_top = self.image_encoder.split_trunk(image_blocks)
+        text_trunk, text_top = self.text_encoder.split_trunk(text_layers) if text_layers else (self.text_encoder, None)
+        self.image_encoder.requires_grad_(False)
+        self.text_encoder.requires_grad_(False)
+        for top in (image_top, text_top):
+            if top is not None:
+                top.requires_grad_(True)
+        self.frozen_parts = [image_trunk, text_trunk]
+        self.train(self.training)
+        return image_trunk, text_trunk, PartialModel(image_top, text_top, self.heads)
 
     def train(self, mode: bool = True) -> MultimodalModel:
         super().train(mode)
-        if self.backbones_frozen:  # frozen towers stay in eval mode, so cached features stay valid
-            self.image_encoder.eval()
-            self.text_encoder.eval()
+        for part in self.frozen_parts:
+            part.eval()
         return self
+
+
+@dataclass
+class PartialOutput(MultimodalOutput):
+    """MultimodalOutput, plus the image logits (K, C) of the outlier images of the batch (outlier exposure)."""
+
+    outlier_logits: torch.Tensor | None = None
+
+
+class PartialModel(nn.Module):
+    """The towers' tops and the heads: cached trunk activations -> MultimodalOutput (partial fine-tuning).
+
+    Its state dict is what a partial run learns and checkpoints: image_top.*, text_top.* (when text layers train)
+    and heads.*, the MultimodalModel's own modules.
+    """
+
+    def __init__(self, image_top: nn.Module, text_top: nn.Module | None, heads: MultimodalHeads) -> None:
+        super().__init__()
+        self.image_top = image_top
+        self.text_top = text_top
+        self.heads = heads
+
+    def forward(
+        self,
+        image_acts: torch.Tensor | None = None,
+        text_acts: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        text_features: torch.Tensor | None = None,
+        outlier_acts: torch.Tensor | None = None,
+    ) -> PartialOutput:
+        """image_acts (B, C, h, w): the image trunk's output. The text side is either text_acts (B, T, H) with its
+        attention_mask (B, T), the text trunk's output, or text_features (B, F_txt) of a frozen text tower.
+        outlier_acts (K, C, h, w): trunk outputs of outlier images (lesion removed), run through the image top in the
+        same pass as image_acts (one set of BatchNorm statistics, as Hendrycks et al. concatenate their batches)."""
+        image_features = None
+        outlier_features = None
+        if image_acts is not None:
+            acts = image_acts if outlier_acts is None else torch.cat([image_acts, outlier_acts])
+            features = self.image_top(acts)  # (B [+ K], F_img)
+            image_features, outlier_features = features[: len(image_acts)], features[len(image_acts) :]
+        if text_acts is not None:
+            text_features = self.text_top(text_acts, attention_mask)  # (B, F_txt)
+        out = self.heads(image_features, text_features)
+        fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+        outlier_logits = None
+        if outlier_acts is not None and image_features is not None:
+            outlier_logits = self.heads(image_features=outlier_features).image_logits  # (K, C)
+        return PartialOutput(**fields, outlier_logits=outlier_logits)
 
 
 def build_model(

@@ -1,6 +1,7 @@
 """Training: `train_loop`, one straight loop that steps and yields numbers, and around it the run (`run_training`):
-data, DDP, AMP, checkpoints and resume (mmcore.checkpoints), a clean stop on SIGTERM, metrics lines, and the model
-version a finished run registers (mmcore.register).
+data for the three fine-tuning modes (heads on cached features, partial on cached trunk activations, full on images),
+DDP, AMP, checkpoints and resume (mmcore.checkpoints), a clean stop on SIGTERM, metrics lines, and the model version a
+finished run registers (mmcore.register).
 """
 
 from __future__ import annotations
@@ -39,12 +40,15 @@ from mmcore.checkpoints import (
     save_checkpoint,
 )
 from mmcore.config import Config, config_from_toml, save_config
-from mmcore.datasets import CaseSet, FeatureBatches, ImageTextBatches, cached_features, load_case_set
+from mmcore.datasets import CaseSet, FeatureBatches, ImageTextBatches, PartialBatches, cached_features, load_case_set
 from mmcore.devices import Dist, init_distributed
 from mmcore.evaluate import accuracy, balanced_accuracy
 from mmcore.heads import MultimodalOutput
 from mmcore.losses import total_loss
-from mmcore.model import MultimodalModel, build_model
+from mmcore.model import MultimodalModel, PartialModel, PartialOutput, build_model
+from mmcore.partial import fill_trained_features, outlier_exposure_loss, partial_batches, partial_split
+
+CACHE_FILE = "activation_cache.json"  # partial runs: what computing and storing the trunk activations cost
 
 # Exit status of a run stopped by SIGTERM after it saved a checkpoint: 128 + 15, what a shell reports for a
 # process killed by SIGTERM, so scripts can tell "stopped, resumable" (143) from "finished" (0) and "failed" (1).
@@ -93,7 +97,20 @@ def gather_outputs(out: MultimodalOutput, labels: torch.Tensor, ddp: Dist) -> tu
         return torch.cat(parts)  # (B_global, ...)
 
     fields = {f.name: cat(getattr(out, f.name)) for f in dataclasses.fields(out) if f.name != "learned_fusion"}
-    return MultimodalOutput(**fields, learned_fusion=out.learned_fusion), cat(labels)
+    return type(out)(**fields, learned_fusion=out.learned_fusion), cat(labels)
+
+
+def objective(out: MultimodalOutput, labels: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss to minimise and its terms: total_loss, plus outlier exposure on the image logits of the batch's
+    outlier images (photos with the lesion removed) when it carried some, so that skin alone predicts nothing."""
+    loss = total_loss(out, labels, cfg.loss)
+    total, terms = loss.total, loss.to_dict()
+    outliers = out.outlier_logits if isinstance(out, PartialOutput) else None
+    if outliers is not None:
+        oe = outlier_exposure_loss(outliers)
+        total = total + cfg.loss.outlier_exposure * oe
+        terms.update(outlier=float(oe.detach()), total=float(total.detach()))
+    return total, terms
 
 
 @torch.no_grad()
@@ -134,7 +151,8 @@ def train_loop(
 ) -> Iterator[StepResult | EpochResult]:
     """Train from `state` to cfg.train.epochs (or max_steps), yielding after every step and every epoch.
 
-    net: the trained module, maybe DDP-wrapped: the whole model, or only its heads on cached features.
+    net: the trained module, maybe DDP-wrapped: the whole model, its heads on cached features, or its towers' tops
+    and heads on cached trunk activations (PartialModel).
     train_batches.epoch(e, start) yields (inputs, labels) for net(**inputs); val_batches.ordered(b) likewise.
     `state` is updated in place, so whoever holds it at a yield can checkpoint it.
     """
@@ -148,12 +166,11 @@ def train_loop(
                 out = net(**inputs)  # logits (b, C) and embeddings (b, D) per modality, b = B / world
                 if ddp.world_size > 1:
                     out, labels = gather_outputs(out, labels, ddp)  # (B, ...): the global batch
-                loss = total_loss(out, labels, cfg.loss)
-            scaler.scale(loss.total * ddp.world_size).backward()  # DDP averages gradients over ranks
+                loss, losses = objective(out, labels, cfg)
+            scaler.scale(loss * ddp.world_size).backward()  # DDP averages gradients over ranks
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            losses = loss.to_dict()
             state.batch += 1
             state.step += 1
             for name, value in losses.items():
@@ -192,9 +209,10 @@ class RunData:
     train_set: CaseSet
     val_set: CaseSet
     model: MultimodalModel
-    module: nn.Module  # what learns and what a checkpoint holds: the heads on cached features, or the whole model
+    module: nn.Module  # what learns and what a checkpoint holds: the heads, the PartialModel, or the whole model
     train_batches: Any
     val_batches: Any | None
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict)  # partial: what the activation cache cost
 
 
 class _StopFlag:
@@ -256,15 +274,20 @@ def _training_texts(case_set: CaseSet) -> list[str]:
     return [note for s in case_set.strategies for note in case_set.notes[s] if note]
 
 
-def _build(cfg: Config, train_set: CaseSet, device: torch.device) -> MultimodalModel:
+def _build(cfg: Config, train_set: CaseSet, device: torch.device) -> tuple[MultimodalModel, nn.Module]:
+    """The model, and the module that learns: its heads, its PartialModel (towers' tops and heads), or itself."""
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and in every resumed run
     model = build_model(cfg.model, DX_CLASSES, texts=_training_texts(train_set))
+    module: nn.Module = model
     if cfg.train.finetune == "heads":
         model.freeze_backbones()
+        module = model.heads
+    elif cfg.train.finetune == "partial":
+        module = model.split_towers(*partial_split(cfg))[2]
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    return model
+    return model, module
 
 
 def _batches(
@@ -275,17 +298,22 @@ def _batches(
     ddp: Dist,
     device: torch.device,
     train: bool,
-) -> FeatureBatches | ImageTextBatches:
+    cache: dict[str, Any],
+) -> FeatureBatches | PartialBatches | ImageTextBatches:
     t = cfg.train
     rank, world = (ddp.rank, ddp.world_size) if train else (0, 1)
     common = {"balanced": t.balanced_sampling, "seed": t.seed, "device": device, "rank": rank, "world_size": world}
-    if t.finetune == "heads":
+    if t.finetune in ("heads", "partial"):
         if ddp.world_size > 1 and not ddp.main:
-            dist.barrier()  # rank 0 fills the feature cache first; the others then only read it
-        images, texts = cached_features(model, store, case_set, cfg.cache_dir, device, num_workers=t.num_workers)
+            dist.barrier()  # rank 0 fills the cache first; the others then only read it
+        if t.finetune == "heads":
+            images, texts = cached_features(model, store, case_set, cfg.cache_dir, device, num_workers=t.num_workers)
+            batches: Any = FeatureBatches(case_set, images, texts, t.batch_size, **common)
+        else:
+            batches = partial_batches(cfg, store, model, case_set, device, train, common, cache)
         if ddp.world_size > 1 and ddp.main:
             dist.barrier()
-        return FeatureBatches(case_set, images, texts, t.batch_size, **common)
+        return batches
     augment = t.augment and train
     return ImageTextBatches(store, case_set, model, t.batch_size, augment=augment, num_workers=t.num_workers, **common)
 
@@ -310,16 +338,22 @@ def load_run_data(cfg: Config, ddp: Dist, device: torch.device) -> RunData:
                 f"{name}: {len(s)} cases ({', '.join(f'{k} {v}' for k, v in s.summary()['dx'].items())}); "
                 f"skipped: {skipped}"
             )
-        model = _build(cfg, train_set, device)
+        model, module = _build(cfg, train_set, device)
         if t.finetune == "heads":
             _say(
                 "frozen backbones: encoder features are computed once and cached in "
                 f"{cfg.cache_dir / 'features'}; only the heads train, with no augmentation"
             )
-        train_batches = _batches(cfg, store, model, train_set, ddp, device, train=True)
-        val_batches = _batches(cfg, store, model, val_set, ddp, device, train=False) if len(val_set) else None
-    module: nn.Module = model.heads if t.finetune == "heads" else model
-    return RunData(train_set, val_set, model, module, train_batches, val_batches)
+        elif t.finetune == "partial":
+            blocks, layers = partial_split(cfg)
+            _say(
+                f"partial fine-tuning: the last {blocks} image blocks and {layers} text layers train with the heads, "
+                f"on trunk activations computed once and cached in {cfg.cache_dir / 'activations'}"
+            )
+        cache: dict[str, Any] = {}
+        train_batches = _batches(cfg, store, model, train_set, ddp, device, True, cache)
+        val_batches = _batches(cfg, store, model, val_set, ddp, device, False, cache) if len(val_set) else None
+    return RunData(train_set, val_set, model, module, train_batches, val_batches, cache)
 
 
 def _wrap(module: nn.Module, cfg: Config, ddp: Dist, device: torch.device) -> nn.Module:
@@ -380,9 +414,9 @@ def run_training(
         torch.set_num_threads(cfg.runtime.threads)
 
     data = load_run_data(cfg, ddp, device)
-    net = _wrap(data.module, cfg, ddp, device)
+    net = _wrap(data.module, cfg, ddp, device)  # DDP-wrapped under torchrun
     params = [p for p in data.module.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, amsgrad=t.amsgrad)
     autocast, scaler, amp_name = _amp(cfg, device)
     if checkpoint is not None:
         state = restore(checkpoint, data.module, optimizer, scaler, ddp, device)
@@ -393,6 +427,8 @@ def run_training(
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / CONFIG_FILE)
+        if data.cache:
+            (run_dir / CACHE_FILE).write_text(json.dumps(data.cache, indent=2) + "\n")
         for name in (METRICS_FILE, STEPS_FILE):
             _truncate_jsonl(run_dir / name, state.step)
     summary_path = run_dir / SUMMARY_FILE
@@ -450,6 +486,12 @@ def run_training(
     from mmcore.register import register_run
 
     seconds = time.perf_counter() - started
+    if isinstance(data.module, PartialModel):
+        best = run_dir / BEST_FILE
+        best_weights = best if best.is_file() and state.best_epoch else None  # what register_run will load
+        fill_trained_features(
+            cfg, data.model, data.module, (data.train_batches, data.val_batches), best_weights, device
+        )
     version, metrics = register_run(cfg, data, run_dir, state, ddp, device, seconds, amp_name, promote)
     return TrainResult(version, run_dir, metrics, state=state)
 

@@ -151,3 +151,75 @@ def test_caching_features_leaves_the_model_explainable(synth_home):
     assert not any(p.is_inference() for p in model.parameters())
     images = torch.randn(1, 3, 32, 32)
     assert attribute_image(model, images, "gradcam").shape == (1, 32, 32)
+
+
+def test_partial_batches_draw_a_view_per_case_and_epoch_and_resume_mid_epoch():
+    from mmcore.datasets import PartialBatches
+
+    n, views = 20, 3
+    cs = _case_set(n, ("P1",))
+    cs.labels = np.arange(n) % 4
+    acts = torch.arange(n * views, dtype=torch.float32).view(n, views, 1, 1, 1).expand(n, views, 2, 2, 2).clone()
+    text = torch.randn(1, n, 5)
+    outliers = torch.full((7, 2, 2, 2), -1.0)
+    cpu = torch.device("cpu")
+    kw = {"train_views": views, "balanced": True, "seed": 3, "device": cpu, "outlier_acts": outliers}
+    batches = PartialBatches(cs, acts, text, 4, **kw)
+    epoch = list(batches.epoch(0))
+    assert len(epoch) == batches.steps_per_epoch == 5
+    inputs, labels = epoch[0]
+    assert inputs["image_acts"].shape == (4, 2, 2, 2) and inputs["text_features"].shape == (4, 5)
+    assert inputs["outlier_acts"].shape == (2, 2, 2, 2) and (inputs["outlier_acts"] == -1).all()
+    # image_acts[i, v] holds i * views + v: every batch row is case i's view of that epoch, labels follow the case.
+    code = inputs["image_acts"][:, 0, 0, 0].long()
+    case, view = code // views, code % views
+    assert torch.equal(labels, torch.as_tensor(cs.labels)[case])
+    assert torch.equal(view, torch.as_tensor(batches.views_of(0))[case])
+    seen = {int(v) for e in range(4) for v in batches.views_of(e)}
+    assert seen == {0, 1, 2} and not np.array_equal(batches.views_of(0), batches.views_of(1))
+    again = list(PartialBatches(cs, acts, text, 4, **kw).epoch(0, start=2))  # a resumed run, mid-epoch
+    for (a, ya), (b, yb) in zip(again, epoch[2:], strict=True):
+        assert torch.equal(ya, yb) and all(torch.equal(a[k], b[k]) for k in a)
+    ordered = [x for x, _ in batches.ordered(8)]
+    assert all((x["image_acts"][:, 0, 0, 0].long() % views == 0).all() for x in ordered)  # the clean view
+    assert "outlier_acts" not in ordered[0] and sum(len(x["image_acts"]) for x in ordered) == n
+
+
+def test_partial_batches_pad_the_notes_trunk_states():
+    from mmcore.datasets import PartialBatches, pad_states
+
+    hidden, mask = pad_states([torch.ones(3, 4), torch.ones(5, 4)])
+    assert hidden.shape == (2, 5, 4) and mask.tolist() == [[1, 1, 1, 0, 0], [1] * 5] and hidden[0, 3:].eq(0).all()
+    n = 8
+    cs = _case_set(n, ("P1", "M"))
+    states = {s: [torch.randn(2 + i % 3, 6) for i in range(n)] for s in cs.strategies}
+    batches = PartialBatches(
+        cs, torch.randn(n, 1, 2, 1, 1), states, 4, train_views=1, balanced=False, seed=0, device=torch.device("cpu")
+    )
+    inputs, _ = next(batches.epoch(0))
+    assert set(inputs) == {"image_acts", "text_acts", "attention_mask"}
+    order, choice = epoch_order(cs.labels, 0, 0, False)[:4], choose_notes(cs, 0, 0)
+    expected = [states[cs.strategies[choice[i]]][i] for i in order]
+    assert inputs["attention_mask"].sum(1).tolist() == [len(x) for x in expected]
+    for row, mask, x in zip(inputs["text_acts"], inputs["attention_mask"], expected, strict=True):
+        assert torch.equal(row[mask.bool()], x)
+
+
+def test_decode_threads_give_the_datasets_items_in_order_and_stop_with_their_caller(synth_home):
+    import threading
+
+    from mmcore.datasets import CaseImages, decoded_batches
+
+    model = build_model(TINY.model, DX_CLASSES)
+    with CaseStore(synth_home) as store:
+        dataset = CaseImages(store, store.cases()[:23], model.image_transform(train=False))
+        batches = list(decoded_batches(dataset, batch_size=5, threads=3))
+        assert [len(idx) for _, idx in batches] == [5, 5, 5, 5, 3]
+        assert torch.cat([idx for _, idx in batches]).tolist() == list(range(23))  # in order, each once
+        for i in (0, 7, 22):
+            images, idx = batches[i // 5]
+            assert torch.equal(images[i % 5], dataset[i][0])
+        stream = decoded_batches(dataset, batch_size=5, threads=3)
+        next(stream)
+        stream.close()  # a caller that stops early: the pool shuts down, no decode left running
+    assert not [t for t in threading.enumerate() if t.name.startswith("mmderm-decode")]

@@ -88,7 +88,7 @@ def test_efficientnet_lite0_loads_packaged_weights_and_recognises_a_photo():
         logits = features @ state["_fc.weight"].T + state["_fc.bias"]  # the removed ImageNet classifier
     handle.remove()
     assert features.shape == (1, 1280)
-    assert len(seen) == 1 and seen[0].shape == (1, 1280, 7, 7)
+    assert len(seen) == 1 and seen[0].shape == (1, 192, 7, 7)  # the second-to-last block's output, hooked once
     torch.testing.assert_close(features, expected)
     if photo is not None:
         top5 = [DenseNet121_Weights.IMAGENET1K_V1.meta["categories"][i] for i in logits.topk(5).indices[0]]
@@ -137,3 +137,34 @@ def test_efficientnet_strict_loading_rejects_a_wrong_file(tmp_path):
     cfg = dataclasses.replace(ModelConfig(), image_encoder_path=str(path))
     with pytest.raises(RuntimeError, match="Missing key"):
         build_image_encoder(cfg)
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "efficientnet_lite0", "densenet121"])
+def test_the_top_on_the_trunks_output_is_the_towers_forward(name):
+    """Partial fine-tuning trains `top` on cached `trunk` outputs: together they must be the tower, bit for bit."""
+    torch.manual_seed(0)
+    tower = build_image_encoder(ModelConfig(image_encoder=name, image_size=64, pretrained=False)).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        full = tower(images)
+        for n in range(tower.num_blocks + 1):
+            trunk, top = tower.split_trunk(n)
+            assert torch.equal(top(trunk(images)), full), n
+    trunk, top = tower.split_trunk(1)
+    names = {id(p) for p in tower.parameters()}
+    assert {id(p) for p in top.parameters()} <= names  # the tower's own weights, not copies
+    assert not {id(p) for p in top.parameters()} & {id(p) for p in trunk.parameters()}
+    assert len(list(trunk.parameters())) + len(list(top.parameters())) == len(list(tower.parameters()))
+    with pytest.raises(ValueError, match="blocks"):
+        tower.split_trunk(tower.num_blocks + 1)
+
+
+def test_efficientnet_blocks_are_the_mbconv_blocks_and_the_head_trains_with_them():
+    tower = build_image_encoder(ModelConfig(image_size=64), pretrained=False)
+    assert tower.num_blocks == len(tower.blocks) == 16
+    trunk, top = tower.split_trunk(2)
+    top_ids = {id(p) for p in top.parameters()}
+    for module in (tower.blocks[14], tower.blocks[15], tower.conv_head, tower.bn1):
+        assert all(id(p) in top_ids for p in module.parameters())
+    assert not any(id(p) in top_ids for p in tower.blocks[13].parameters())
+    assert trunk(torch.randn(1, 3, 64, 64)).shape == (1, 192, 2, 2)  # the input of block 14

@@ -140,3 +140,36 @@ def test_resolve_device(monkeypatch):
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(RuntimeError, match="2 CUDA device"):
         resolve_device("cuda:2")
+
+
+def test_split_towers_freezes_the_trunks_and_trains_the_tops_of_the_same_model():
+    model = _model()
+    image_trunk, text_trunk, partial = model.split_towers(1, 1)
+    model.train()
+    assert not image_trunk.training and not text_trunk.training and partial.image_top.training
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in partial.parameters()}  # the tops and the heads, nothing else
+    assert not any(p.requires_grad for p in image_trunk.parameters())
+    images, tokens, labels = _batch(model)
+    model.eval()
+    with torch.no_grad():
+        acts = image_trunk(images)  # (B, 16, 8, 8): the input of tiny_cnn's last block
+        states = text_trunk(tokens["input_ids"], tokens["attention_mask"])
+        whole = model(images, **tokens)
+        parts = partial(image_acts=acts, text_acts=states, attention_mask=tokens["attention_mask"])
+    assert torch.equal(parts.fused_logits, whole.fused_logits) and torch.equal(parts.image_embeds, whole.image_embeds)
+    names = {k.split(".")[0] for k in partial.state_dict()}
+    assert names == {"image_top", "text_top", "heads"}
+
+
+def test_split_towers_without_text_layers_reads_pooled_text_features():
+    model = _model()
+    image_trunk, text_trunk, partial = model.split_towers(0, 0)
+    assert text_trunk is model.text_encoder and partial.text_top is None
+    assert not any(p.requires_grad for p in model.text_encoder.parameters())
+    images, tokens, _ = _batch(model)
+    model.eval()
+    with torch.no_grad():
+        pooled = model.text_encoder(**tokens).pooled
+        out = partial(image_acts=image_trunk(images), text_features=pooled)
+        torch.testing.assert_close(out.fused_logits, model(images, **tokens).fused_logits, atol=0, rtol=0)
