@@ -66,5 +66,5 @@ clean-home:
 SCREENS_HOME := $(CURDIR)/.screens-home
 screenshots: setup
 	rm -rf $(SCREENS_HOME) && cp -a $(MMDERM_HOME) $(SCREENS_HOME) && rm -f $(SCREENS_HOME)/index/owner.lock
-	MMDERM_BROWSER_HOME=$(SCREENS_HOME) MMDERM_SCREENSHOTS=$(CURDIR)/docs/screenshots MMDERM_CONFIG=demo \
+	MMDERM_BROWSER_HOME=$(SCREENS_HOME) MMDERM_SCREENSHOTS=$(CURDIR)/docs/screenshots MMDERM_CONFIG=demo MMDERM_BROWSER_PHOTO=6 \
 		$(BIN)/python -m pytest tests/browser -m browser -q; status=$$?; rm -rf $(SCREENS_HOME); exit $$status
