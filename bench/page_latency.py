@@ -24,15 +24,8 @@ sys.path.insert(0, str(REPO))  # pages._lib.auth.hash_password
 RESULTS = REPO / "bench" / "results"
 NOTE = "58-year-old man, lesion on the upper back noticed a year ago, has grown and darkened, no bleeding."
 PASSWORD = "bench-admin-password"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
+from conftest import CHROMIUM_FLAGS as FLAGS  # noqa: E402 - the browser tests' chromium flags (tests/browser)
+
 METHODS = {"Grad-CAM": "gradcam", "Integrated Gradients": "ig", "SmoothGrad": "smoothgrad", "Occlusion": "occlusion"}
 
 
