@@ -73,6 +73,7 @@ def diagnose(page, url: str, photo: Path, methods: bool) -> dict[str, float]:
     page.locator("input[type=file]").first.set_input_files(str(photo))
     page.get_by_label("Clinical note").fill(NOTE)
     page.get_by_label("Clinical note").press("Control+Enter")
+    page.get_by_text("Ready to analyse the photo and the note").first.wait_for()  # the upload has landed
     page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")
     t0 = time.perf_counter()
     page.get_by_role("button", name="Analyse").click()

@@ -35,7 +35,12 @@ if st.button("Analyse", type="primary", key="diagnose_run"):
         st.session_state["diagnose_request"] = inputs
 request = st.session_state.get("diagnose_request")
 if request is None:
-    st.caption("Add a photo, a note, or both, then press **Analyse**. No photo at hand? Choose **Example**.")
+    if image_bytes is None and not note:
+        st.caption("Add a photo, a note, or both, then press **Analyse**. No photo at hand? Choose **Example**.")
+    else:  # says what the click will send: an upload still in flight is not in it yet
+        parts = [name for name, present in (("the photo", image_bytes is not None), ("the note", bool(note))) if present]
+        what = " and ".join(parts)
+        st.caption(f"Ready to analyse {what}: press **Analyse**.")
     st.stop()
 if request != inputs:  # results stay, marked, until the user asks again
     st.info("Inputs changed: press **Analyse** to update. The results below are for the previous inputs.")

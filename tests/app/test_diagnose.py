@@ -139,6 +139,15 @@ def test_a_note_alone_works_on_the_first_click_and_an_empty_click_says_what_is_m
     assert not at.exception and len(at.metric) >= 3
 
 
+def test_before_the_click_the_page_says_which_inputs_it_holds(app_env):
+    at = open_page(PAGE)
+    at.file_uploader(key="diagnose_upload").upload("lesion.png", lesion_png(size=32), "image/png")
+    at.run()
+    assert [c.value for c in at.caption if c.value.startswith("Ready")] == ["Ready to analyse the photo: press **Analyse**."]
+    at.text_area(key="diagnose_note").input(NOTE).run()
+    assert any(c.value.startswith("Ready to analyse the photo and the note") for c in at.caption) and not at.metric
+
+
 def test_a_zero_byte_upload_gets_the_intakes_message(app_env):
     at = _run(b"", None, name="empty.jpg")
     assert not at.exception

@@ -58,3 +58,16 @@ def start_streamlit(home: Path, extra_env: dict[str, str] | None = None) -> tupl
             time.sleep(0.5)
     proc.kill()
     raise RuntimeError(f"streamlit did not start: {log_path.read_text(errors='replace')[-2000:]}")
+
+
+def print_failure_context(page, log_folder: Path, shot: Path) -> None:
+    """What a failed browser test saw, printed into its report: the page's text, a screenshot, and the end of the
+    server's log (a CI run leaves nothing else behind)."""
+    try:
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot: {shot}")
+        print("page text (end):\n" + page.inner_text("body", timeout=5_000)[-4000:])
+    except Exception as exc:  # noqa: BLE001 - diagnostics must never hide the test's own failure
+        print(f"page unavailable: {exc}")
+    for log in sorted(log_folder.glob("streamlit-*.log")):
+        print(f"{log.name} (end):\n" + log.read_text(errors="replace")[-4000:])

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from browser_helpers import start_streamlit
+from browser_helpers import print_failure_context, start_streamlit
 
 pytestmark = pytest.mark.browser
 ADMIN_PASSWORD = "browser-test-admin"
@@ -44,11 +44,17 @@ def served(tmp_path_factory):
 
 
 @pytest.fixture
-def page(browser):
+def page(browser, served, request, tmp_path):
+    """A fresh browser context. Waits are for elements; the bound is generous because a loaded 2-core machine can
+    take over a minute for a cold server's first analysis. On failure the report gets the page text, a screenshot
+    and the server log."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
-    page.set_default_timeout(90_000)
+    page.set_default_timeout(180_000)
     yield page
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        print_failure_context(page, served[1].parent, tmp_path / "failure.png")
     context.close()
 
 
@@ -60,6 +66,21 @@ def _lesion_file(tmp_path: Path) -> Path:
     path = tmp_path / "lesion.png"
     generate_one(int(os.environ.get("MMDERM_BROWSER_PHOTO", "5")), seed=21, size=224).image.save(path)
     return path
+
+
+def _enter_case(page, photo: Path, note: str) -> None:
+    """Upload the photo and commit the note, then wait until the server has both: a click while the upload is still
+    in flight would analyse the note alone (the page then says the inputs changed)."""
+    page.locator("input[type=file]").first.set_input_files(str(photo))
+    page.get_by_label("Clinical note").fill(note)
+    page.get_by_label("Clinical note").press("Control+Enter")
+    page.get_by_text("Ready to analyse the photo and the note").first.wait_for()
+    page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")
+
+
+def _analyse(page, photo: Path, note: str) -> None:
+    _enter_case(page, photo, note)
+    page.get_by_role("button", name="Analyse").click()
 
 
 def _drawn(page) -> None:
@@ -98,10 +119,7 @@ def test_diagnose_similar_and_report(served, page, tmp_path):
 
     page.get_by_role("link", name="Diagnose").first.click()
     page.get_by_text("Clinical note").first.wait_for()
-    page.locator("input[type=file]").first.set_input_files(str(_lesion_file(tmp_path)))
-    page.get_by_label("Clinical note").fill(NOTE)
-    page.get_by_label("Clinical note").press("Control+Enter")
-    page.get_by_role("button", name="Analyse").click()
+    _analyse(page, _lesion_file(tmp_path), NOTE)
     page.get_by_text("Top 3").first.wait_for()
     page.get_by_text("where the model looked").first.wait_for()
     page.get_by_text("Which words moved").first.wait_for()
@@ -167,10 +185,7 @@ def test_a_confirmed_diagnosis_reaches_the_review_queue_and_the_consult_pdf_down
     _sign_in_as_admin(page, url)
     page.get_by_role("link", name="Diagnose").first.click()
     page.get_by_text("Clinical note").first.wait_for()
-    page.locator("input[type=file]").first.set_input_files(str(_lesion_file(tmp_path)))
-    page.get_by_label("Clinical note").fill(NOTE)
-    page.get_by_label("Clinical note").press("Control+Enter")
-    page.get_by_role("button", name="Analyse").click()
+    _analyse(page, _lesion_file(tmp_path), NOTE)
     page.get_by_text("Findings the model sees").first.wait_for()
     panel = page.locator(".st-key-diagnose_findings_panel")
     panel.get_by_text("Research output, not clinical findings").wait_for()
@@ -229,9 +244,7 @@ def test_eight_concurrent_sessions_predict_and_explain_without_errors(served, br
         page = context.new_page()
         page.set_default_timeout(180_000)
         page.goto(f"{url}/Diagnose")
-        page.locator("input[type=file]").first.set_input_files(str(photo))
-        page.get_by_label("Clinical note").fill(f"{NOTE} Session {i}.")
-        page.get_by_label("Clinical note").press("Control+Enter")
+        _enter_case(page, photo, f"{NOTE} Session {i}.")
         pages.append(page)
     for page in pages:  # all eight requests in flight before any result is awaited
         page.get_by_role("button", name="Analyse").click()
