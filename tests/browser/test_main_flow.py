@@ -68,17 +68,18 @@ def _lesion_file(tmp_path: Path) -> Path:
     return path
 
 
-def _enter_case(page, photo: Path, note: str) -> None:
-    """Upload the photo and commit the note, then wait until the server has both: a click while the upload is still
-    in flight would analyse the note alone (the page then says the inputs changed)."""
+def _enter_case(page, photo: Path, note: str | None) -> None:
+    """Upload the photo and commit the note, then wait until the server holds them: a click while the upload is still
+    in flight would analyse the note alone (the page then says the inputs changed), or nothing."""
     page.locator("input[type=file]").first.set_input_files(str(photo))
-    page.get_by_label("Clinical note").fill(note)
-    page.get_by_label("Clinical note").press("Control+Enter")
-    page.get_by_text("Ready to analyse the photo and the note").first.wait_for()
+    if note:
+        page.get_by_label("Clinical note").fill(note)
+        page.get_by_label("Clinical note").press("Control+Enter")
+    page.get_by_text(f"Ready to analyse the photo{' and the note' if note else ':'}").first.wait_for()
     page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")
 
 
-def _analyse(page, photo: Path, note: str) -> None:
+def _analyse(page, photo: Path, note: str | None) -> None:
     _enter_case(page, photo, note)
     page.get_by_role("button", name="Analyse").click()
 
@@ -152,8 +153,7 @@ def test_a_non_lesion_photo_is_flagged_before_any_score(served, page, tmp_path):
     sheet.save(photo)
     url, _, _ = served
     page.goto(f"{url}/Diagnose")
-    page.locator("input[type=file]").first.set_input_files(str(photo))
-    page.get_by_role("button", name="Analyse").click()
+    _analyse(page, photo, None)
     page.get_by_text("Outside what this model knows").first.wait_for()
     page.get_by_text("where the model looked").first.wait_for()  # saliency stays available
     assert page.get_by_text("Top 3").count() == 0 and page.get_by_text("ISIC files it as").count() == 0
