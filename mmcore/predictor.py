@@ -368,10 +368,14 @@ class Predictor:
         return self._durations.get((method, with_note))
 
     def warm_up(self) -> None:
-        """Pay the first-call costs (tower forwards, the explainer copy, Captum, the case index) before a user does."""
+        """Pay the first-call costs (tower forwards, the explainer copy, Captum, the findings scorer with its prompt
+        embeddings, the case index) before a user does."""
+        from mmcore.explain_findings import explain_finding
+
         buf = io.BytesIO()
         Image.new("RGB", (self.model.image_spec.image_size,) * 2, (205, 155, 135)).save(buf, format="PNG")
         self.explain(buf.getvalue(), "warm-up note", "gradcam")
+        explain_finding(self, buf.getvalue(), self.findings(buf.getvalue())[0].name)
         with contextlib.suppress(RetrievalUnavailable):
             self.similar(buf.getvalue(), None, k=1)
 

@@ -58,8 +58,7 @@ else:
     st.session_state["diagnose_result"] = ((predictor.version, request), result)
 # Whether the inputs are like the training data comes first; scores of out-of-distribution inputs stay hidden.
 shown = render_verdict(result.check, key=f"diagnose_show_scores_{result.image_sha256[:12]}_{result.note_sha256[:12]}")
-if shown:
-    render_prediction(result)
+draw_score_chart = render_prediction(result) if shown else None
 
 
 # The similar-case search starts now, beside the explanation, and is collected below (one search per request).
@@ -75,13 +74,21 @@ def why() -> None:
     st.subheader("Why")
     has_image = bool(result.image_sha256)
     method, target, opacity = explanation_ui("diagnose", predictor.classes, result.top[0].dx, has_image=has_image)
-    explanation = explain_with_progress(predictor, image_bytes, note, method, target, key="diagnose")
-    if explanation is not None:
-        if has_image:
-            render_explanation(explanation, opacity)
-        if note:
-            render_word_attributions(explanation)
-            render_attention(explanation, "diagnose")
+    # Each modality is explained through its own logits, so the photo's map and the note's attributions are two
+    # independent calls: the overlay draws as soon as it is ready (a few hundredths of a second for Grad-CAM) instead
+    # of waiting for the note's Integrated Gradients (about 0.25 s alone on 2 cores, more beside the similar-case
+    # search). The note's part does not depend on the image method, so switching methods never recomputes it.
+    if has_image:
+        picture = explain_with_progress(predictor, image_bytes, None, method, target, key="diagnose_image")
+        if picture is not None:
+            render_explanation(picture, opacity)
+    if note:
+        words = explain_with_progress(
+            predictor, None, note, "gradcam", target, key="diagnose_note", label="Integrated Gradients on the note"
+        )
+        if words is not None:
+            render_word_attributions(words)
+            render_attention(words, "diagnose")
     similar_future = st.session_state["diagnose_similar"][1]
 
     def consult() -> bytes:
@@ -129,7 +136,10 @@ def findings() -> None:
                 render_finding_map(fmap)
 
 
-findings()
+# What a clinician waits for draws first: the overlay and the similar cases, then the findings panel and the score
+# chart in their places above them (the finding's own Grad-CAM would delay the overlay by a tenth of a second or more,
+# the chart's drawing in the browser by about a second).
+findings_slot = st.container()
 why()
 
 st.subheader("Similar past cases")
@@ -138,6 +148,10 @@ if similar is not None:
     st.session_state["similar_last_query"] = (image_bytes, note)  # the comparison on Similar cases reuses it
     render_similar_warning(result.check)
     render_similar_strip(similar, "diagnose")
+with findings_slot:
+    findings()
+if draw_score_chart is not None:
+    draw_score_chart()
 
 if result.image_sha256 and st.button("Draft a description", key="diagnose_draft"):
     draft = loaders.safe_call(predictor.draft_note, image_bytes, user=user.name)

@@ -214,12 +214,10 @@ MALIGNANCY_BADGE = {
 }
 
 
-def render_prediction(result: Any) -> None:
-    """Plotly bars of the scores per modality, the top 3 with malignancy, and any warnings."""
-    import plotly.graph_objects as go
-
-    from mmcore.cases import DX_NAMES
-
+def render_prediction(result: Any) -> Any:
+    """Any warnings and the top 3 with malignancy, now; returns the function that draws the plotly bars of the scores
+    per modality, in a slot kept here. Call it last: drawing a plotly chart in the browser blocks its main thread for
+    about a second on a 2-core machine (measured in chromium), and everything sent after it would wait."""
     for warning in result.warnings:
         st.warning(warning)
     st.markdown(
@@ -229,6 +227,21 @@ def render_prediction(result: Any) -> None:
     for col, score in zip(cols, result.top, strict=True):
         col.metric(score.name, f"{score.probability:.0%}")
         col.markdown(f"ISIC files it as {MALIGNANCY_BADGE.get(score.malignancy, score.malignancy)}")
+    slot = st.container()
+
+    def draw_chart() -> None:
+        with slot:
+            render_score_chart(result)
+
+    return draw_chart
+
+
+def render_score_chart(result: Any) -> None:
+    """Plotly bars of the calibrated scores per modality, and the model version under them."""
+    import plotly.graph_objects as go
+
+    from mmcore.cases import DX_NAMES
+
     fig = go.Figure()
     for modality, probs in result.probabilities.items():
         if probs:
@@ -250,10 +263,17 @@ def render_prediction(result: Any) -> None:
 
 
 def explain_with_progress(
-    predictor: Any, image_bytes: bytes | None, note: str | None, method: str, target: str, key: str
+    predictor: Any,
+    image_bytes: bytes | None,
+    note: str | None,
+    method: str,
+    target: str,
+    key: str,
+    label: str | None = None,
 ) -> Any | None:
-    """The explanation, computed in a worker thread while a progress bar runs against the last time this method took
-    here; a method chosen meanwhile reruns the caller, and the running one is cancelled (mmcore stops it)."""
+    """The explanation, computed in a worker thread while a progress bar (titled `label`, else the method's name) runs
+    against the last time this method took here; a method chosen meanwhile reruns the caller, and the running one is
+    cancelled (mmcore stops it)."""
     import threading
     import time
 
@@ -268,7 +288,7 @@ def explain_with_progress(
         predictor.explain, image_bytes, note, method=method, target=target, cancel=cancel
     )
     expected = predictor.expected_seconds(method, with_note=bool(note))
-    label = METHOD_LABELS.get(method, method)
+    label = label or METHOD_LABELS.get(method, method)
     bar = None
     started = time.perf_counter()
     while not future.done():
@@ -342,7 +362,9 @@ def render_attention(explanation: Any, page: str) -> None:
 
     if explanation.attentions is None or not explanation.tokens:
         return
-    with st.expander("Attention in the text encoder"):
+    # A toggle, not an expander: an expander's chart is drawn even while closed, and the first plotly chart of a
+    # browser session loads plotly.js, which delayed the similar cases below by about 1.3 s on a first visit.
+    if st.toggle("Show the attention in the text encoder", key=f"{page}_attn_show"):
         layers, heads = explanation.attentions.shape[:2]
         c1, c2 = st.columns(2)
         view = c1.radio("View", ["Rollout (all layers)", "One layer and head"], key=f"{page}_attn_view")

@@ -26,7 +26,9 @@ def _values(array) -> np.ndarray:
 
 def _attention_spec(at) -> dict:
     titles = ("(attention rollout)", "rows attend to columns")  # the rollout view, the one-layer-and-head view
-    return next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if any(t in c.proto.spec for t in titles))
+    return next(
+        (json.loads(c.proto.spec) for c in at.get("plotly_chart") if any(t in c.proto.spec for t in titles)), None
+    )
 
 
 def test_the_attention_view_has_one_category_per_token_repeats_included(app_env):
@@ -36,6 +38,8 @@ def test_the_attention_view_has_one_category_per_token_repeats_included(app_env)
     assert not at.exception
     mask = loaders.get_active_predictor().model.tokenize([NOTE])["attention_mask"]
     n_tokens = int(mask.sum())  # what the encoder read, [CLS] and [SEP] included
+    assert _attention_spec(at) is None  # drawn on request only
+    at.toggle(key="diagnose_attn_show").set_value(True).run()
 
     rollout = _attention_spec(at)
     bars, axis = rollout["data"][0], rollout["layout"]["xaxis"]
