@@ -362,8 +362,8 @@ def render_attention(explanation: Any, page: str) -> None:
 
     if explanation.attentions is None or not explanation.tokens:
         return
-    # A toggle, not an expander: an expander's chart is drawn even while closed, and the first plotly chart of a
-    # browser session loads plotly.js, which delayed the similar cases below by about 1.3 s on a first visit.
+    # A toggle, not an expander: a closed expander's chart is still sent and drawn (plotly in the browser holds its
+    # main thread), while most clinicians never open this view.
     if st.toggle("Show the attention in the text encoder", key=f"{page}_attn_show"):
         layers, heads = explanation.attentions.shape[:2]
         c1, c2 = st.columns(2)
