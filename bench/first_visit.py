@@ -1,4 +1,4 @@
-"""A browser's first visit against a server that is already warm: is a slow first analysis the server's or the browser's?
+"""A browser's first visit against an already warm server: is a slow first analysis the server's or the browser's?
 
     python bench/first_visit.py --home /tmp/prof/home/home
 

@@ -9,7 +9,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -132,4 +132,7 @@ def similar_by_findings(
     except (index.IndexNotBuiltError, index.IndexLockedError, ConnectionError) as e:
         raise RetrievalUnavailable(f"Similar cases are not available: {str(e).splitlines()[0]}") from None
     with CaseStore(predictor.cfg.home) as store:
-        return load_similar_cases(store, hits, "image")
+        cases = load_similar_cases(store, hits, "image")
+    # A percentile among the library's image-to-image neighbours says nothing about a findings direction's cosine
+    # (a few hundredths for the best match): no percentile, rather than "nearer than 0%".
+    return [replace(case, percentile=None) for case in cases]

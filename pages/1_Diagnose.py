@@ -38,7 +38,9 @@ if request is None:
     if image_bytes is None and not note:
         st.caption("Add a photo, a note, or both, then press **Analyse**. No photo at hand? Choose **Example**.")
     else:  # says what the click will send: an upload still in flight is not in it yet
-        parts = [name for name, present in (("the photo", image_bytes is not None), ("the note", bool(note))) if present]
+        parts = [
+            name for name, present in (("the photo", image_bytes is not None), ("the note", bool(note))) if present
+        ]
         what = " and ".join(parts)
         st.caption(f"Ready to analyse {what}: press **Analyse**.")
     st.stop()

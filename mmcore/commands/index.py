@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--modality", choices=list(MODALITIES), default="image", help="query: which collection")
     p.add_argument("--where", help='query: JSON metadata filter, e.g. {"dx": "mel"}')
+    p.add_argument(
+        "--findings",
+        help='query: images the model reads these findings in, comma-separated, e.g. "blue-white veil, streaks"',
+    )
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -39,6 +43,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         raise CliError(f"--where is not JSON ({e})") from None
     if where is not None and not isinstance(where, dict):
         raise CliError('--where must be a JSON object, e.g. {"dx": ["mel", "bcc"]}')
+    if args.action == "query" and args.findings is not None:
+        _finding_names(args)
     embedded = None
     if args.action != "query":
         embedded = embed_version(cfg, version, force=args.action == "rebuild", quiet=args.json)
@@ -87,9 +93,14 @@ def _query(args: argparse.Namespace, cfg: Config, index: CaseIndex, version: str
 
 
 def _query_vectors(args: argparse.Namespace, cfg: Config, index: CaseIndex, version: str) -> dict[str, np.ndarray]:
-    """--image FILE / --text NOTE embedded by the model, or `case:CASE_ID` in either for a stored case's vector."""
+    """--image FILE / --text NOTE embedded by the model, `case:CASE_ID` in either for a stored case's vector, or
+    --findings: the chosen findings' direction in the image space (explain_findings.findings_query_vector)."""
+    if args.findings is not None:
+        return {"image": _findings_vector(args, cfg, version)}
     if not args.image and not args.text:
-        raise CliError("query needs --image FILE, --text NOTE, or case:CASE_ID in either (a stored case's vector)")
+        raise CliError(
+            "query needs --image FILE, --text NOTE, case:CASE_ID in either (a stored case's vector), or --findings"
+        )
     vectors: dict[str, np.ndarray] = {}
     to_embed: dict[str, str] = {}
     for modality, value in (("image", args.image), ("text", args.text)):
@@ -102,6 +113,29 @@ def _query_vectors(args: argparse.Namespace, cfg: Config, index: CaseIndex, vers
         elif value:
             to_embed[modality] = value
     return vectors | (_embed(cfg, version, to_embed) if to_embed else {})
+
+
+def _findings_vector(args: argparse.Namespace, cfg: Config, version: str) -> np.ndarray:
+    from mmcore.explain_findings import findings_query_vector
+    from mmcore.predictor import Predictor
+
+    names = _finding_names(args)
+    return np.asarray(findings_query_vector(Predictor.from_config(cfg, version), names), dtype=np.float32)
+
+
+def _finding_names(args: argparse.Namespace) -> list[str]:
+    """--findings as vocabulary names, checked before anything is opened."""
+    from mmcore.concepts import FINDING_NAMES
+
+    names = [name.strip() for name in args.findings.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FINDING_NAMES]
+    if not names or unknown:
+        raise CliError(
+            f"unknown finding {', '.join(map(repr, unknown)) or '(none given)'}: choose from {', '.join(FINDING_NAMES)}"
+        )
+    if args.image or args.text or args.modality != "image":
+        raise CliError("--findings searches the image index alone: drop --image, --text and --modality text")
+    return names
 
 
 def _embed(cfg: Config, version: str, inputs: dict[str, str]) -> dict[str, np.ndarray]:

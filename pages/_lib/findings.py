@@ -115,3 +115,18 @@ def render_finding_map(fmap: Any, opacity: float = 0.45) -> None:
     )
     right.image(fmap.colorbar(), caption="low → high")
     right.caption(MEANINGS.get(fmap.target, ""))
+
+
+def findings_query_ui(page: str) -> list[str]:
+    """Findings to search the case library by, in the vocabulary's order (mmcore.concepts.FINDING_NAMES)."""
+    from mmcore.concepts import FINDING_NAMES
+
+    return st.multiselect(
+        "Or find cases by findings",
+        list(FINDING_NAMES),
+        key=f"{page}_findings",
+        placeholder="e.g. blue-white veil, atypical pigment network",
+        help="Ranks the library's images by how strongly the model's shared space reads all the chosen findings in "
+        "them (the directions the findings panel scores). Research output: a model's reading, not findings a "
+        "clinician recorded.",
+    )

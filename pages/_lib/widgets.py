@@ -395,8 +395,9 @@ def render_attention(explanation: Any, page: str) -> None:
         st.plotly_chart(fig, key=f"{page}_attention_chart")
 
 
-def render_similar_strip(cases: list[Any], page: str) -> None:
-    """Thumbnails of similar cases with diagnosis, similarity and metadata; a button opens the comparison."""
+def render_similar_strip(cases: list[Any], page: str, compare: bool = True) -> None:
+    """Thumbnails of similar cases with diagnosis, similarity and metadata; a button opens the comparison (when the
+    query has a photo or a note to compare with)."""
     if not cases:
         st.info("The case library has no matching cases.")
         return
@@ -415,15 +416,15 @@ def render_similar_strip(cases: list[Any], page: str) -> None:
             if meta.get("domain"):
                 details.append(plain(meta["domain"]))
             st.caption(" · ".join(details))
-            if st.button("Compare", key=f"{page}_compare_{case.case_id}"):
+            if compare and st.button("Compare", key=f"{page}_compare_{case.case_id}"):
                 st.session_state["similar_compare"] = case.case_id
                 st.switch_page("pages/2_Similar_cases.py")
 
 
 def similarity_words(case: Any) -> str:
     """How near a case is, on the library's own scale (the raw cosine sits near 1 for everything, a cat included)."""
-    if case.percentile is None:
-        return f"cosine {case.score:.2f}"
+    if case.percentile is None:  # a findings search: the cosine with the findings' direction, no library scale
+        return f"cosine {case.score:.3f}"
     return f"nearer than {case.percentile:.0f}% of library neighbours (cosine {case.score:.2f})"
 
 

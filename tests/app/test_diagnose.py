@@ -143,7 +143,9 @@ def test_before_the_click_the_page_says_which_inputs_it_holds(app_env):
     at = open_page(PAGE)
     at.file_uploader(key="diagnose_upload").upload("lesion.png", lesion_png(size=32), "image/png")
     at.run()
-    assert [c.value for c in at.caption if c.value.startswith("Ready")] == ["Ready to analyse the photo: press **Analyse**."]
+    assert [c.value for c in at.caption if c.value.startswith("Ready")] == [
+        "Ready to analyse the photo: press **Analyse**."
+    ]
     at.text_area(key="diagnose_note").input(NOTE).run()
     assert any(c.value.startswith("Ready to analyse the photo and the note") for c in at.caption) and not at.metric
 

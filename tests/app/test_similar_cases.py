@@ -47,3 +47,35 @@ def test_side_by_side_comparison(app_env):
     assert any(
         "what drives the similarity" in (i.proto.imgs[0].caption if i.proto.imgs else "") for i in at.get("image")
     )
+
+
+def _strip(at: AppTest) -> list[tuple[str, str]]:
+    """(diagnosis as drawn, cosine) of each case in the strip, in rank order (AppTest reads the 4-column grid column
+    by column: rank i sits in column i % 4)."""
+    import re
+
+    names = [m.value.split("**")[1] for m in at.markdown if m.value.startswith("**")]
+    scores = [re.search(r"cosine (-?\d\.\d+)", c.value).group(1) for c in at.caption if "cosine" in c.value]
+    columns = min(4, len(names))
+    ranks = [i for col in range(columns) for i in range(col, len(names), columns)]
+    drawn = dict(zip(ranks, zip(names, scores, strict=True), strict=True))
+    return [drawn[i] for i in range(len(names))]
+
+
+def test_findings_rank_the_library_as_similar_by_findings_does_and_filters_hold(app_env):
+    from mmcore.explain_findings import similar_by_findings
+    from pages._lib import loaders
+    from pages._lib.widgets import plain
+
+    names = ["blue-white veil", "atypical pigment network"]
+    at = open_page(PAGE)
+    at.multiselect(key="similar_findings").set_value(names).run()
+    assert not at.exception and not at.error
+    expected = similar_by_findings(loaders.get_active_predictor(), names, k=12)
+    assert len(expected) == 12 and _strip(at) == [(plain(c.name), f"{c.score:.3f}") for c in expected]
+    assert not [b for b in at.button if b.key and b.key.startswith("similar_compare_")]  # nothing to compare with
+
+    at.multiselect(key="similar_f_dx").set_value(["mel"]).run()
+    filtered = similar_by_findings(loaders.get_active_predictor(), names, k=12, where={"dx": ["mel"]})
+    assert filtered and {c.dx for c in filtered} == {"mel"}
+    assert _strip(at) == [(plain(c.name), f"{c.score:.3f}") for c in filtered]

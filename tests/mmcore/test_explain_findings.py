@@ -83,6 +83,26 @@ def test_a_findings_map_is_the_photos_and_the_findings_own(cfg):
         explain_finding(predictor, photo, "sunburn")
 
 
+def test_the_cli_queries_by_findings_and_names_the_vocabulary_on_a_typo(cfg, capsys):
+    import json
+
+    from mmcore.commands import main
+
+    names = ["dark brown", "pigment network"]
+    argv = ["index", "query", "--findings", " dark brown, pigment network ", "--k", "5", "--json"]
+    assert main([*argv, "--where", '{"dx": ["nv", "mel"]}']) == 0  # first: the CLI opens the local index itself
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    expected = similar_by_findings(Predictor.from_config(cfg), names, k=5, where={"dx": ["nv", "mel"]})
+    assert [h["case_id"] for h in hits] == [c.case_id for c in expected] and len(hits) == 5
+    for bad, message in [
+        (["index", "query", "--findings", "dark brwn"], "unknown finding 'dark brwn': choose from asymmetry,"),
+        (["index", "query", "--findings", "streaks", "--text", "a note"], "--findings searches the image index"),
+    ]:
+        assert main(bad) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
 def test_similar_by_findings_returns_the_cases_nearest_the_findings_direction(cfg):
     predictor = Predictor.from_config(cfg)
     names = ["dark brown", "pigment network"]
