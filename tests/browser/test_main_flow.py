@@ -37,6 +37,8 @@ def served(tmp_path_factory):
 
         home, config = build_tiny_home(tmp_path_factory.mktemp("browser_home")), "tiny"
     env = {"MMDERM_CONFIG": config, "MMDERM_ADMIN_PASSWORD_HASH": hash_password(ADMIN_PASSWORD)}
+    if shared:  # a copy of a user's home: its audit log is signed with its owner's key file, not the tests' key
+        env["MMDERM_AUDIT_KEY"] = ""
     proc, url = start_streamlit(home, env)
     yield url, home, config
     os.killpg(proc.pid, signal.SIGTERM)
@@ -231,11 +233,13 @@ def test_admin_signs_in_starts_a_job_and_sees_its_curve(served, page):
     _shot(page, "admin_training.png")
 
 
-def test_eight_concurrent_sessions_predict_and_explain_without_errors(served, browser, tmp_path):
+def test_eight_concurrent_sessions_predict_and_explain_without_errors(served, browser, tmp_path, monkeypatch):
     """Eight browser sessions press Analyse together; the server runs them at once on one shared Predictor."""
     from mmcore.audit import AuditLog
 
     url, home, _ = served
+    if os.environ.get("MMDERM_BROWSER_HOME"):
+        monkeypatch.setenv("MMDERM_AUDIT_KEY", "")  # verify with the key the server signs with (its owner's file)
     before = len(AuditLog(home / "audit.jsonl").read(event="predict"))
     photo = _lesion_file(tmp_path)
     contexts = [browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(8)]
