@@ -1,6 +1,7 @@
 """The main flow in a real browser: Debian chromium, Playwright, `streamlit run` on 127.0.0.1.
 
-Upload a photo, type a note, get scores and an overlay, open Similar cases and the Model report; open the Admin
+Upload a photo, type a note, get scores and an overlay, open Similar cases and the Model report; search the library
+by findings; open the Admin
 URL as a first request without signing in and see no admin content; sign in as admin, start a tiny training job
 and see its curve; confirm a diagnosis with consent and find it in the admin's review queue; see the findings the
 model sees and download the consult PDF. Screenshots go to MMDERM_SCREENSHOTS when set (`make screenshots` runs this
@@ -163,6 +164,21 @@ def test_a_non_lesion_photo_is_flagged_before_any_score(served, page, tmp_path):
     page.get_by_text("Show the scores anyway").click()
     page.get_by_text("Top 3").first.wait_for()
     page.get_by_text("Shown on request").first.wait_for()
+
+
+def test_similar_cases_by_findings(served, page):
+    url, _, _ = served
+    page.goto(f"{url}/Similar_cases")
+    chooser = page.locator(".st-key-similar_findings input").first
+    for name in ("blue-white veil", "atypical pigment network"):
+        chooser.click()
+        chooser.fill(name)
+        page.get_by_role("option", name=name, exact=True).click()
+    page.keyboard.press("Escape")
+    page.get_by_text("Images ranked by the model's reading of: blue-white veil, atypical pigment network").wait_for()
+    page.locator("[data-testid=stImage]").first.wait_for()
+    assert page.get_by_role("button", name="Compare").count() == 0 and page.get_by_text("Traceback").count() == 0
+    _shot(page, "similar_findings.png")
 
 
 def test_admin_url_as_first_request_shows_nothing_without_login(served, page):
