@@ -51,15 +51,6 @@ def _warm(predictor: Any) -> None:
         import logging
 
         logging.getLogger("mmderm").exception("warm-up failed")
-    # Streamlit runs gc.collect(2) after every script and fragment run (runner.postScriptGC), and with the model,
-    # torch, transformers and Chroma loaded that full collection scans ~550,000 objects: 0.22 s measured on the demo
-    # model, holding the GIL while the server would be sending the page. Freezing what is alive now (the long-lived
-    # heap: modules, the model, the index) takes it out of every later collection (0.0002 s measured), and objects
-    # created afterwards are collected as before.
-    import gc
-
-    gc.collect()
-    gc.freeze()
 
 
 @st.cache_resource(show_spinner=False)

@@ -55,7 +55,7 @@ def _strip(at: AppTest) -> list[tuple[str, str]]:
     import re
 
     names = [m.value.split("**")[1] for m in at.markdown if m.value.startswith("**")]
-    scores = [re.search(r"cosine (-?\d\.\d+)", c.value).group(1) for c in at.caption if "cosine" in c.value]
+    scores = [m.group(1) for c in at.caption if (m := re.search(r"cosine (-?\d\.\d+)", c.value))]
     columns = min(4, len(names))
     ranks = [i for col in range(columns) for i in range(col, len(names), columns)]
     drawn = dict(zip(ranks, zip(names, scores, strict=True), strict=True))
