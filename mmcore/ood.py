@@ -31,7 +31,11 @@ VAL_PASS = 0.95  # share of in-distribution validation inputs that pass the thre
 IMAGE_METHODS = ("mahalanobis", "knn")
 DEFAULT_IMAGE_METHOD = "mahalanobis"  # chosen by bench/results/ood.md
 DEFAULT_K = 10
-MIN_KNOWN_SHARE = 0.5  # a note with fewer of its words in the training notes is likely another language or garbled
+# A note with fewer of its words in the training notes (or English function words) is likely another language or
+# garbled. 0.35 lies between the most such words in 45 notes in other languages (20%, bench/ood_inputs.py) and the
+# fewest in 20 hand-written English referral notes (45%, bench/note_gate.py) on the demo model; 0.5 refused 2 of
+# those 20 as "another language".
+MIN_KNOWN_SHARE = 0.35
 MIN_CONTENT_WORDS = 3  # distinct clinical words (training vocabulary minus function and form words)
 _WORD = re.compile(r"[^\W\d_]+")  # runs of letters in any script; digits and punctuation split words
 _FUNCTION_AND_FORM_WORDS = (  # not clinical content: English function words and the words of blank forms
@@ -220,8 +224,8 @@ class NoteOOD:
                 )
             elif content < self.min_content_words:
                 reasons.append(
-                    f"The note says almost nothing about the lesion ({content} clinical word{'s' * (content != 1)} "
-                    "such as size, colour, site or history): its score rests on nothing."
+                    f"The note has almost no clinical words this model learned from ({content} such as size, "
+                    "colour, site or history): its score would rest on almost nothing. A fuller description helps."
                 )
             caution = ()
             if d > self.threshold and not reasons:

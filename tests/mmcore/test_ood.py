@@ -203,14 +203,16 @@ def test_gibberish_and_a_german_note_are_flagged_and_a_training_style_note_passe
         "Patientin, 54 Jahre. Pigmentierte Läsion am Rücken, seit sechs Monaten größer geworden, unscharf begrenzt.",
         "Patient name: ____ DOB: ____ Findings: ____ Plan: ____",
         "",
+        "Red raised spot on the trunk, bleeds easily when knocked, appeared a few weeks ago.",  # plain English
     ]
     verdicts = scorer.verdicts(odd + held_out, note_features(model, odd + held_out))
-    gibberish, german, template, empty = verdicts[:4]
+    gibberish, german, template, empty, plain = verdicts[:5]
+    assert plain.in_distribution, plain.reasons  # a clinician's own wording is not "another language"
     assert not gibberish.in_distribution and "almost no words this model learned from" in gibberish.reasons[0]
     assert not german.in_distribution and "another language" in german.reasons[0]
-    assert not template.in_distribution and "says almost nothing about the lesion" in template.reasons[0]
+    assert not template.in_distribution and "almost no clinical words this model learned from" in template.reasons[0]
     assert not empty.in_distribution
-    assert all(v.in_distribution and not v.reasons for v in verdicts[4:])  # our own notes pass the word checks
+    assert all(v.in_distribution and not v.reasons for v in verdicts[5:])  # our own notes pass the word checks
 
 
 def test_fit_ood_on_a_case_store_thresholds_on_validation_and_round_trips(synth_home: Path, tmp_path: Path):
