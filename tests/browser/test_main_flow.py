@@ -73,7 +73,10 @@ def _lesion_file(tmp_path: Path) -> Path:
 
 def _enter_case(page, photo: Path, note: str | None) -> None:
     """Upload the photo and commit the note, then wait until the server holds them: a click while the upload is still
-    in flight would analyse the note alone (the page then says the inputs changed), or nothing."""
+    in flight would analyse the note alone (the page then says the inputs changed), or nothing. The page's first run
+    (the model loading on a cold server) ends before the upload: a file set during it was seen to be dropped."""
+    page.get_by_text("Clinical note").first.wait_for()
+    page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")
     page.locator("input[type=file]").first.set_input_files(str(photo))
     if note:
         page.get_by_label("Clinical note").fill(note)
