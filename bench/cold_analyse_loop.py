@@ -62,7 +62,7 @@ def main() -> None:
                 page.get_by_text("Clinical note").first.wait_for()
                 page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")  # the first run has ended
                 stage = "upload"
-                page.locator("input[type=file]").first.set_input_files(str(photo))
+                page.locator(".st-key-diagnose_upload input[type=file]").set_input_files(str(photo))
                 page.get_by_label("Clinical note").fill(NOTE)
                 page.get_by_label("Clinical note").press("Control+Enter")
                 stage = "ready"

@@ -72,7 +72,7 @@ def diagnose(page, url: str, photo: Path, methods: bool, reload: bool = True) ->
     if reload:
         page.goto(f"{url}/Diagnose")
     page.get_by_text("Clinical note").first.wait_for()
-    page.locator("input[type=file]").first.set_input_files(str(photo))
+    page.locator(".st-key-diagnose_upload input[type=file]").set_input_files(str(photo))
     page.get_by_label("Clinical note").fill(NOTE)
     page.get_by_label("Clinical note").press("Control+Enter")
     page.get_by_text("Ready to analyse the photo and the note").first.wait_for()  # the upload has landed
