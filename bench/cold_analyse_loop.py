@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/mmderm-cold-loop"))
     args = parser.parse_args()
     from app_helpers import build_tiny_home
-    from browser_helpers import start_streamlit
+    from browser_helpers import enter_case, start_streamlit
     from conftest import CHROMIUM_FLAGS
     from playwright.sync_api import sync_playwright
 
@@ -59,15 +59,8 @@ def main() -> None:
             started, stage = time.perf_counter(), "page load"
             try:
                 page.goto(f"{url}/Diagnose")
-                page.get_by_text("Clinical note").first.wait_for()
-                page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")  # the first run has ended
-                stage = "upload"
-                page.locator(".st-key-diagnose_upload input[type=file]").set_input_files(str(photo))
-                page.get_by_label("Clinical note").fill(NOTE)
-                page.get_by_label("Clinical note").press("Control+Enter")
                 stage = "ready"
-                page.get_by_text("Ready to analyse the photo and the note").first.wait_for()
-                page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")
+                enter_case(page, photo, NOTE)
                 page.get_by_role("button", name="Analyse").click()
                 checks = (("scores", "Top 3"), ("overlay", "where the model looked"), ("words", "Which words"))
                 for stage, text in checks:  # noqa: B007 - `stage` names the step a stopped run stopped at

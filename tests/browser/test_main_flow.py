@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from browser_helpers import print_failure_context, start_streamlit
+from browser_helpers import enter_case, print_failure_context, start_streamlit
 
 pytestmark = pytest.mark.browser
 ADMIN_PASSWORD = "browser-test-admin"
@@ -71,36 +71,8 @@ def _lesion_file(tmp_path: Path) -> Path:
     return path
 
 
-def _enter_case(page, photo: Path, note: str | None) -> None:
-    """Upload the photo and commit the note, then wait until the server holds them: a click while the upload is still
-    in flight would analyse the note alone (the page then says the inputs changed), or nothing.
-
-    The file goes to the photo uploader's own input (by its key): with the first file input of the page, uploads were
-    dropped in 2 of 6 runs, three attempts in a row each time. The page's first run (the model loading on a cold
-    server) ends before the upload, and if the "Ready to analyse ..." line does not name both inputs the inputs are
-    given again, as a user reading it would (at most twice more; the last failure is the test's)."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    ready = page.get_by_text(f"Ready to analyse the photo{' and the note' if note else ':'}").first
-    page.get_by_text("Clinical note").first.wait_for()
-    for attempt in range(3):
-        page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")
-        page.locator(".st-key-diagnose_upload input[type=file]").set_input_files(str(photo))
-        if note:
-            page.get_by_label("Clinical note").fill(note)
-            page.get_by_label("Clinical note").press("Control+Enter")
-        try:
-            ready.wait_for(timeout=45_000 if attempt < 2 else None)
-            break
-        except PlaywrightTimeout:
-            if attempt == 2:
-                raise
-            print(f"inputs not all received (attempt {attempt + 1}); the page said: {page.inner_text('body')[-300:]!r}")
-    page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")
-
-
 def _analyse(page, photo: Path, note: str | None) -> None:
-    _enter_case(page, photo, note)
+    enter_case(page, photo, note)
     page.get_by_role("button", name="Analyse").click()
 
 
@@ -281,7 +253,7 @@ def test_eight_concurrent_sessions_predict_and_explain_without_errors(served, br
         page = context.new_page()
         page.set_default_timeout(180_000)
         page.goto(f"{url}/Diagnose")
-        _enter_case(page, photo, f"{NOTE} Session {i}.")
+        enter_case(page, photo, f"{NOTE} Session {i}.")
         pages.append(page)
     for page in pages:  # all eight requests in flight before any result is awaited
         page.get_by_role("button", name="Analyse").click()
