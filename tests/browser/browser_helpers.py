@@ -77,25 +77,13 @@ def enter_case(page, photo: Path, note: str | None) -> None:
     """Upload the photo and commit the note, then wait until the server holds them: a click while the upload is still
     in flight would analyse the note alone (the page then says the inputs changed), or nothing.
 
-    The file goes to the photo uploader's own input (by its key): with the first file input of the page, uploads were
-    dropped in 2 of 6 runs, three attempts in a row each time. The page's first run (the model loading on a cold
-    server) ends before the upload, and if the "Ready to analyse ..." line does not name both inputs the inputs are
-    given again, as a user reading it would (at most twice more; the last failure is the test's)."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    ready = page.get_by_text(f"Ready to analyse the photo{' and the note' if note else ':'}").first
+    The upload is set as soon as the page shows its inputs. Waiting first for the page's first run to end, and
+    targeting the uploader by its key, went with uploads dropped on a cold server (the uploader stayed empty through
+    three attempts) in 4 of 10 browser-test runs; these steps passed every run before that change (not explained)."""
     page.get_by_text("Clinical note").first.wait_for()
-    for attempt in range(3):
-        page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")
-        page.locator(".st-key-diagnose_upload input[type=file]").set_input_files(str(photo))
-        if note:
-            page.get_by_label("Clinical note").fill(note)
-            page.get_by_label("Clinical note").press("Control+Enter")
-        try:
-            ready.wait_for(timeout=45_000 if attempt < 2 else None)
-            break
-        except PlaywrightTimeout:
-            if attempt == 2:
-                raise
-            print(f"inputs not all received (attempt {attempt + 1}); the page said: {page.inner_text('body')[-300:]!r}")
+    page.locator("input[type=file]").first.set_input_files(str(photo))
+    if note:
+        page.get_by_label("Clinical note").fill(note)
+        page.get_by_label("Clinical note").press("Control+Enter")
+    page.get_by_text(f"Ready to analyse the photo{' and the note' if note else ':'}").first.wait_for()
     page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")
