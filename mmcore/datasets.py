@@ -320,6 +320,9 @@ class FeatureCache:
     def _path(self, h: str) -> Path:
         return self.dir / h[:2] / f"{h}.npy"
 
+    def has(self, h: str) -> bool:
+        return self._path(h).is_file()
+
     def get(self, h: str) -> np.ndarray | None:
         path = self._path(h)
         if not path.is_file():

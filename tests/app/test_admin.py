@@ -247,18 +247,21 @@ def test_the_promotion_bar_shows_stage_counts_and_an_eta_from_the_elapsed_time()
     progress = PromotionProgress(bar, clock=lambda: now[0])
     progress(0.0, "loading v0003")
     assert bar.text == "0% · loading v0003 · 0:00 elapsed"  # no estimate before any work is done
-    now[0] = 130.0  # 30 s for the first quarter: about 90 s for the rest
+    now[0] = 110.0  # loading and planning: paid once, not part of the rate of the work that follows
+    progress(0.0, "embedding 10,015 images and 10,015 notes", stage="planned")
+    assert bar.text == "0% · embedding 10,015 images and 10,015 notes · 0:10 elapsed"
+    now[0] = 140.0  # 30 s for the first quarter: about 90 s for the rest
     progress(0.25, "embedding images: 1,200 of 10,015 · 0:29 elapsed, about 3:30 left")
     assert bar.value == 0.25
-    assert bar.text == "25% · embedding images 1,200 of 10,015 · 0:30 elapsed, about 1:30 left"
+    assert bar.text == "25% · embedding images 1,200 of 10,015 · 0:40 elapsed, about 1:30 left"
     progress(0.9, "indexing: 900 of 1,000 vectors · 0:05 elapsed", stage="indexing", done=900, total=1000)
-    assert bar.text == "90% · indexing 900 of 1,000 vectors · 0:30 elapsed, about 0:03 left"
+    assert bar.text == "90% · indexing 900 of 1,000 vectors · 0:40 elapsed, about 0:03 left"
     progress(0.5, "", stage="embedding notes", done=3, total=8)  # done/total per stage, by keyword alone
-    assert bar.text == "50% · embedding notes 3 of 8 · 0:30 elapsed, about 0:30 left"
+    assert bar.text == "50% · embedding notes 3 of 8 · 0:40 elapsed, about 0:30 left"
     progress(0.6, "embedding notes", done=4, total=8, modality="text")  # a keyword it does not know is ignored
-    assert bar.text == "60% · embedding notes 4 of 8 · 0:30 elapsed, about 0:20 left"
+    assert bar.text == "60% · embedding notes 4 of 8 · 0:40 elapsed, about 0:20 left"
     progress(1.0, "v0003 is active", stage="done")
-    assert bar.text == "100% · v0003 is active · 0:30 elapsed"
+    assert bar.text == "100% · v0003 is active · 0:40 elapsed"
 
 
 # ---- issue 15: an import's failure says why, where Import was pressed ----

@@ -82,8 +82,27 @@ def test_embedding_streams_in_chunks_with_an_eta_and_resumes_after_a_crash(synth
         messages.clear()
         report = embed_cases(model, store, "v", ("clinical",), progress=lambda f, text, **_: messages.append((f, text)))
         assert report.embedded == {"image": 44, "text": 84}  # the finished chunks are not embedded again
-        assert [round(f, 3) for f, _ in messages][:3] == [round(20 / 128, 3), round(40 / 128, 3), round(44 / 128, 3)]
+        image_ms, note_ms = embeddings.ITEM_MS["image"], embeddings.ITEM_MS["text"]
+        work = 44 * image_ms + 84 * note_ms  # the fraction is of the estimated time: an image costs ~25 notes
+        assert [round(f, 3) for f, _ in messages][:3] == [round(n * image_ms / work, 3) for n in (20, 40, 44)]
         assert messages[-1] == (1.0, messages[-1][1]) and messages[-1][1].startswith("embedding notes: 84 of 84")
+
+
+def test_the_plan_prices_cached_features_apart_from_decoding(synth_home, model, tmp_path):
+    """What the progress fraction is apportioned by: a decoded image costs ITEM_MS["image"], features found in the
+    cache ITEM_MS["cached"]; embedding with the plan stores exactly what it listed."""
+    from mmcore.embeddings import ITEM_MS, plan_embedding
+
+    with CaseStore(synth_home) as store:
+        cold = plan_embedding(model, store, "v", ("clinical",), cache_dir=tmp_path)
+        assert [len(cold.todo[m]) for m in ("image", "text")] == [84, 84] and not cold.cached
+        assert cold.embed_ms == pytest.approx(84 * ITEM_MS["image"] + 84 * ITEM_MS["text"])
+        assert cold.index_ms == pytest.approx(168 * ITEM_MS["vector"])
+        report = embed_cases(model, store, "v", ("clinical",), cache_dir=tmp_path, plan=cold)
+        assert report.embedded == {"image": 84, "text": 84} and len(store.get_embeddings("v", "image")[0]) == 84
+        assert plan_embedding(model, store, "v", ("clinical",), cache_dir=tmp_path).embed_ms == 0  # all stored
+        warm = plan_embedding(model, store, "v", ("clinical",), cache_dir=tmp_path, force=True)
+        assert len(warm.cached) == 168 and warm.embed_ms == pytest.approx(168 * ITEM_MS["cached"])
 
 
 def test_streamed_vectors_are_the_models_own(synth_home, model):
