@@ -78,7 +78,7 @@ def test_typed_overrides_become_the_commands_arguments():
 def test_a_queued_job_is_claimed_by_one_supervisor_only(synth_home):
     """Two app replicas reaping at once: before the atomic claim both launched the same job (20 of 20 trials)."""
     managers = [_manager(synth_home) for _ in range(2)]
-    for _ in range(5):
+    for _ in range(3):  # the race, unfixed, launched twice every time: three trials show it as well as twenty
         row = managers[0]._db.execute(  # a queued job nobody has reaped yet
             "INSERT INTO jobs (kind, args, user, status, created) VALUES ('eval', '[]', 'admin', 'queued', ?)",
             (time.time(),),
@@ -120,12 +120,12 @@ def test_tiny_train_job_shows_progress_and_cancels(synth_home):
 
 def test_kill_9_reaped_then_resumed_to_the_end_without_corruption(synth_home):
     manager = _manager(synth_home)
-    epochs = 12
+    epochs = 8
     job = manager.start(_train(epochs), "admin")
     first = job
     kills = 0
     saved = 0
-    while kills < 5:
+    while kills < 3:
         _wait_for(
             lambda j=job, s=saved: _checkpointed(first) > s or not manager.get(j.id).active, what="a new checkpoint"
         )
@@ -143,7 +143,7 @@ def test_kill_9_reaped_then_resumed_to_the_end_without_corruption(synth_home):
         assert 1 <= checkpoint["state"]["epoch"] <= epochs
         job = manager.resume(job.id, "admin")
         assert job.resumed_from == dead.id
-    assert kills == 5
+    assert kills == 3
     final = manager.wait(job.id, timeout=300)
     assert final.status == "succeeded", manager.log_tail(final.id, 60)
     checkpoint = load_checkpoint(first.run_dir / CHECKPOINT_FILE)
