@@ -56,13 +56,16 @@ class Condition:
     value: Any
 
 
-def parse_filters(filters: Mapping[str, Any] | None) -> list[Condition]:
-    """Conditions from a simple dict, ANDed together; a None value means no constraint on that field.
+def parse_filters(filters: CaseFilter | Mapping[str, Any] | None) -> list[Condition]:
+    """Conditions from a CaseFilter (the pages' filter) or a simple dict, ANDed together; a None value means no
+    constraint on that field.
 
     Each field takes a value, a list of values (any of), or operators as in Chroma: {"$in": [...]}, {"$eq": v},
     and on the numbers age and fitzpatrick the ranges {"$gte", "$lte", "$gt", "$lt"}. For example
     {"dx": ["mel", "bcc"], "age": {"$gte": 40, "$lte": 70}, "sex": "male", "fitzpatrick": [5, 6]}.
     """
+    if isinstance(filters, CaseFilter):
+        filters = filters.to_dict()
     conditions: list[Condition] = []
     for key, value in (filters or {}).items():
         if key not in METADATA_FIELDS:

@@ -485,8 +485,6 @@ class Predictor:
         w_image, w_text = (float(w) for w in weights)
         if w_image < 0 or w_text < 0 or w_image + w_text <= 0:
             raise ValueError(f"weights must be non-negative and not both zero, got {weights}")
-        if isinstance(where, CaseFilter):
-            where = where.to_dict() or None
         vectors = self.embed(image_bytes, note)
         query = index.combine_queries(vectors.get("image"), vectors.get("text"), w_image / (w_image + w_text))
         kinds = [m for m, w in (("image", w_image), ("text", w_text)) if m in vectors and w > 0]

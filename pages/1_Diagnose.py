@@ -17,6 +17,7 @@ from pages._lib.widgets import (
     render_attention,
     render_explanation,
     render_prediction,
+    render_score_chart,
     render_similar_strip,
     render_word_attributions,
 )
@@ -60,7 +61,9 @@ else:
     st.session_state["diagnose_result"] = ((predictor.version, request), result)
 # Whether the inputs are like the training data comes first; scores of out-of-distribution inputs stay hidden.
 shown = render_verdict(result.check, key=f"diagnose_show_scores_{result.image_sha256[:12]}_{result.note_sha256[:12]}")
-draw_score_chart = render_prediction(result) if shown else None
+if shown:
+    render_prediction(result)
+    chart_slot = st.container()  # the score chart, drawn last (render_prediction says why)
 
 
 # The similar-case search starts now, beside the explanation, and is collected below (one search per request).
@@ -152,8 +155,9 @@ if similar is not None:
     render_similar_strip(similar, "diagnose")
 with findings_slot:
     findings()
-if draw_score_chart is not None:
-    draw_score_chart()
+if shown:
+    with chart_slot:
+        render_score_chart(result)
 
 if result.image_sha256 and st.button("Draft a description", key="diagnose_draft"):
     draft = loaders.safe_call(predictor.draft_note, image_bytes, user=user.name)

@@ -29,7 +29,7 @@ if findings:
     if image_bytes or note:
         st.caption("Searching by the chosen findings: the photo and text above are not used until you clear them.")
     with st.spinner("Searching the case library…"):
-        cases = loaders.safe_call(similar_by_findings, predictor, findings, k=12, where=where.to_dict() or None)
+        cases = loaders.safe_call(similar_by_findings, predictor, findings, k=12, where=where)
 else:
     with st.spinner("Searching the case library…"):
         cases = loaders.safe_call(

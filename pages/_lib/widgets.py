@@ -214,10 +214,10 @@ MALIGNANCY_BADGE = {
 }
 
 
-def render_prediction(result: Any) -> Any:
-    """Any warnings and the top 3 with malignancy, now; returns the function that draws the plotly bars of the scores
-    per modality, in a slot kept here. Call it last: drawing a plotly chart in the browser blocks its main thread for
-    about a second on a 2-core machine (measured in chromium), and everything sent after it would wait."""
+def render_prediction(result: Any) -> None:
+    """Any warnings and the top 3 with malignancy. The plotly bars of the scores are render_score_chart's, for the
+    page to draw last in a slot: drawing a plotly chart in the browser blocks its main thread for about a second on a
+    2-core machine (measured in chromium), and everything sent after it would wait."""
     for warning in result.warnings:
         st.warning(warning)
     st.markdown(
@@ -227,13 +227,6 @@ def render_prediction(result: Any) -> Any:
     for col, score in zip(cols, result.top, strict=True):
         col.metric(score.name, f"{score.probability:.0%}")
         col.markdown(f"ISIC files it as {MALIGNANCY_BADGE.get(score.malignancy, score.malignancy)}")
-    slot = st.container()
-
-    def draw_chart() -> None:
-        with slot:
-            render_score_chart(result)
-
-    return draw_chart
 
 
 def render_score_chart(result: Any) -> None:
