@@ -8,8 +8,8 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from mmcore.concepts import FindingScore, FindingsScorer, build_scorer, finding
 from mmcore.overlays import colorbar, overlay
 
 if TYPE_CHECKING:
+    from mmcore.case_filters import CaseFilter
     from mmcore.predictor import Predictor
     from mmcore.similar import SimilarCase
 
@@ -118,21 +119,21 @@ def findings_query_vector(predictor: Predictor, names: Sequence[str]) -> np.ndar
 
 
 def similar_by_findings(
-    predictor: Predictor, names: Sequence[str], k: int = 8, where: dict[str, Any] | None = None
+    predictor: Predictor, names: Sequence[str], k: int = 8, where: CaseFilter | Mapping[str, Any] | None = None
 ) -> list[SimilarCase]:
-    """The k library cases nearest the chosen findings' query vector in the image collection, best first;
-    RetrievalUnavailable (a ValueError) when the version has no index."""
+    """The k library cases nearest the chosen findings' query vector in the image collection, best first, with no
+    percentile (a findings direction's cosine, a few hundredths for the best match, is on no scale the library's
+    image-to-image neighbours share: index.UNRANKED); RetrievalUnavailable (a ValueError) when the version has no
+    index."""
     from mmcore import index
     from mmcore.cases import CaseStore
     from mmcore.similar import RetrievalUnavailable, load_similar_cases
 
     query = findings_query_vector(predictor, names)
     try:
-        hits = index.query(predictor.cfg, predictor.version, "image", query, k=k, where=where)
+        cfg, version = predictor.cfg, predictor.version
+        hits = index.query(cfg, version, "image", query, k=k, where=where, query_kind=index.UNRANKED)
     except (index.IndexNotBuiltError, index.IndexLockedError, ConnectionError) as e:
         raise RetrievalUnavailable(f"Similar cases are not available: {str(e).splitlines()[0]}") from None
     with CaseStore(predictor.cfg.home) as store:
-        cases = load_similar_cases(store, hits, "image")
-    # A percentile among the library's image-to-image neighbours says nothing about a findings direction's cosine
-    # (a few hundredths for the best match): no percentile, rather than "nearer than 0%".
-    return [replace(case, percentile=None) for case in cases]
+        return load_similar_cases(store, hits, "image")

@@ -26,6 +26,7 @@ from chromadb.errors import NotFoundError
 
 from mmcore.case_filters import (
     METADATA_FIELDS,
+    CaseFilter,
     Condition,
     chroma_where,
     filter_mask,
@@ -53,6 +54,9 @@ __all__ = [  # exact_search, normalise and neighbour_similarities stay importabl
 ]
 
 MODALITIES = ("image", "text")
+# The query kind of a vector that is no library query (a findings direction): a percentile among the library's
+# own neighbours would be on a scale it does not share, so its hits carry none.
+UNRANKED = "unranked"
 SEARCH_MODES = ("exact", "hnsw")
 # Chosen in bench/results/retrieval.md: up to 100k cases of dim 128 on 2 cores, exact NumPy search is both
 # exact and faster per query than Chroma's HNSW at any setting that reaches recall@10 >= 0.99.
@@ -358,15 +362,22 @@ class CaseIndex:
         text: np.ndarray | None = None,
         modality: str = "image",
         k: int = 10,
-        where: Mapping[str, Any] | None = None,
+        where: CaseFilter | Mapping[str, Any] | None = None,
         image_weight: float = 0.5,
+        query_kind: str | None = None,
     ) -> list[Hit]:
         """The k cases of `modality`'s collection nearest an image vector, a text vector or both, best first.
 
         Both are combined as w * image + (1 - w) * text (combine_queries). Image and text share one space, so a
-        text vector searched in the image collection (or the reverse) is a cross-modal query.
+        text vector searched in the image collection (or the reverse) is a cross-modal query. The hits' percentiles
+        compare with library queries of the same kind as this one (what was given; `query_kind` overrides it).
         """
-        return self.search(version, combine_queries(image, text, image_weight), modality=modality, k=k, where=where)
+        query = combine_queries(image, text, image_weight)
+        if query_kind is None:  # what the combined vector is: what was given, less a side weighted 0
+            sides = (("image", image, image_weight), ("text", text, 1.0 - image_weight))
+            kinds = [m for m, v, w in sides if v is not None and (w > 0 or image is None or text is None)]
+            query_kind = kinds[0] if len(kinds) == 1 else "both"
+        return self.search(version, query, modality=modality, k=k, where=where, query_kind=query_kind)
 
     def search(
         self,
@@ -375,13 +386,14 @@ class CaseIndex:
         *,
         modality: str = "image",
         k: int = 10,
-        where: Mapping[str, Any] | None = None,
+        where: CaseFilter | Mapping[str, Any] | None = None,
         query_kind: str | None = None,
     ) -> list[Hit]:
         """The k cases of `modality`'s collection nearest one query vector (D,), best first (`where`: parse_filters).
 
         query_kind: what the vector is ("image", "text" or "both"; default `modality`), so that each hit's percentile
-        is measured against library queries of the same kind.
+        is measured against library queries of the same kind; UNRANKED for a vector no library query is like (a
+        findings direction): its hits carry no percentile.
         """
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
@@ -425,7 +437,10 @@ class CaseIndex:
         order, sims = exact_search(
             q, snap.vectors, k, filter_mask(conditions, snap.columns, snap.vocab) if conditions else None
         )
-        ranks = snap.percentiles(sims, self._reference(version, modality, query_kind or modality, snap))
+        if query_kind == UNRANKED:
+            ranks = np.full(len(sims), np.nan)
+        else:
+            ranks = snap.percentiles(sims, self._reference(version, modality, query_kind or modality, snap))
         # Python floats and ready metadata in one go: a Hit built field by field cost as much as the search itself.
         hits = zip(order.tolist(), sims.tolist(), np.round(ranks, 1).tolist(), strict=True)
         return [Hit(snap.ids[i], s, 1.0 - s, dict(snap.fields[i]), None if r != r else r) for i, s, r in hits]
@@ -536,7 +551,7 @@ def query(
     modality: str,
     vector: np.ndarray,
     k: int = 10,
-    where: Mapping[str, Any] | None = None,
+    where: CaseFilter | Mapping[str, Any] | None = None,
     query_kind: str | None = None,
 ) -> list[Hit]:
     """The k cases nearest `vector` in a version's `modality` collection, on this process's index."""

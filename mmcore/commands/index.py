@@ -15,7 +15,7 @@ from mmcore.cases import CaseStore
 from mmcore.commands import CliError, emit
 from mmcore.commands.embed import embed_version
 from mmcore.config import Config
-from mmcore.index import MODALITIES, CaseIndex, IndexLockedError, IndexNotBuiltError
+from mmcore.index import MODALITIES, UNRANKED, CaseIndex, IndexLockedError, IndexNotBuiltError
 from mmcore.model_store import active_version
 
 
@@ -82,7 +82,13 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 def _query(args: argparse.Namespace, cfg: Config, index: CaseIndex, version: str, where: dict | None) -> int:
     vectors = _query_vectors(args, cfg, index, version)
     hits = index.query(
-        version, image=vectors.get("image"), text=vectors.get("text"), modality=args.modality, k=args.k, where=where
+        version,
+        image=vectors.get("image"),
+        text=vectors.get("text"),
+        modality=args.modality,
+        k=args.k,
+        where=where,
+        query_kind=UNRANKED if args.findings is not None else None,  # a findings direction: no library percentile
     )
     lines = [f"{len(hits)} similar cases (model {version}, {args.modality} index):"]
     for rank, h in enumerate(hits, 1):

@@ -21,6 +21,7 @@ from mmcore.cases import DX_CLASSES, Case, CaseStore
 from mmcore.commands import main
 from mmcore.config import Config, IndexConfig
 from mmcore.index import (
+    UNRANKED,
     CaseIndex,
     IndexLockedError,
     IndexNotBuiltError,
@@ -419,3 +420,7 @@ def test_a_note_query_is_measured_against_the_librarys_own_notes(library):
     assert photo.percentile == pytest.approx(
         100 * np.searchsorted(same, photo.score, side="right") / len(same), abs=0.05
     )
+    with CaseIndex(library["home"] / "pct-cross") as index:  # query() names the kind from what it is given
+        by_note = index.query("v1", text=library["text"][3], k=1)[0]
+        unranked = index.query("v1", text=library["text"][3], k=1, query_kind=UNRANKED)[0]
+    assert by_note.percentile == note.percentile and unranked.percentile is None
