@@ -437,24 +437,28 @@ class CaseIndex:
         order, sims = exact_search(
             q, snap.vectors, k, filter_mask(conditions, snap.columns, snap.vocab) if conditions else None
         )
-        if query_kind == UNRANKED:
-            ranks = np.full(len(sims), np.nan)
-        else:
-            ranks = snap.percentiles(sims, self._reference(version, modality, query_kind or modality, snap))
+        reference = None if query_kind == UNRANKED else self._reference(version, modality, query_kind or modality, snap)
+        ranks = np.full(len(sims), np.nan) if reference is None else snap.percentiles(sims, reference)
         # Python floats and ready metadata in one go: a Hit built field by field cost as much as the search itself.
         hits = zip(order.tolist(), sims.tolist(), np.round(ranks, 1).tolist(), strict=True)
         return [Hit(snap.ids[i], s, 1.0 - s, dict(snap.fields[i]), None if r != r else r) for i, s, r in hits]
 
-    def _reference(self, version: str, modality: str, query_kind: str, snap: Snapshot) -> np.ndarray:
-        """Library neighbour similarities of queries of `query_kind` in this collection (once per snapshot)."""
+    def _reference(self, version: str, modality: str, query_kind: str, snap: Snapshot) -> np.ndarray | None:
+        """Library neighbour similarities of queries of `query_kind` in this collection (once per snapshot); None
+        when the library has no such queries (no case has both a note and a photo): its hits carry no percentile."""
         if query_kind not in snap.references:
             if query_kind == modality:
                 snap.references[query_kind] = neighbour_similarities(snap.vectors)
             else:  # the library's own notes (or photo + note) against this collection, each case's own pair left out
-                other = self._snapshot(version, "text" if modality == "image" else "image")
+                try:
+                    other = self._snapshot(version, "text" if modality == "image" else "image")
+                except IndexNotBuiltError:  # a library without notes (or photos): nothing to compare with, yet
+                    return None
                 rows = {case_id: i for i, case_id in enumerate(other.ids)}
                 pairs = [(i, rows[case_id]) for i, case_id in enumerate(snap.ids) if case_id in rows]
-                mine, theirs = (np.array(p, dtype=np.intp) for p in zip(*pairs, strict=True)) if pairs else ([], [])
+                if not pairs:
+                    return None
+                mine, theirs = (np.array(p, dtype=np.intp) for p in zip(*pairs, strict=True))
                 queries = other.vectors[theirs]
                 if query_kind == "both":
                     queries = normalise(queries + snap.vectors[mine])
